@@ -1,0 +1,94 @@
+"""Ground-truth recurrences: one token at a time, exactly as the math is written.
+
+Slow on purpose (a Python loop over T) and correct in any dtype, float64 included; every other
+backend is tested against these. Half and bfloat16 inputs accumulate the state in float32.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the state is kept in: float32 for half/bfloat16 inputs, else the input dtype."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def _decay(g: torch.Tensor | None, gk: torch.Tensor | None, t: int) -> torch.Tensor | None:
+    """alpha_t broadcastable to the state [B, H, K, V], or None when there is no decay."""
+    if g is not None and gk is not None:
+        raise ValueError("g and gk: pass at most one decay (per-head g or per-channel gk)")
+    if g is not None:
+        return g[:, t].exp()[..., None, None]  # [B, H, 1, 1]
+    if gk is not None:
+        return gk[:, t].exp()[..., None]  # [B, H, K, 1]
+    return None
+
+
+def _start(
+    q: torch.Tensor, v: torch.Tensor, scale: float | None, initial_state: torch.Tensor | None
+) -> tuple[torch.dtype, float, torch.Tensor]:
+    B, _, H, K = q.shape
+    acc = accumulation_dtype(q.dtype)
+    scale = K**-0.5 if scale is None else scale
+    if initial_state is None:
+        state = q.new_zeros(B, H, K, v.shape[-1], dtype=acc)
+    else:
+        state = initial_state.to(acc)
+    return acc, scale, state
+
+
+def naive_gated_linear_attention(
+    q: torch.Tensor,  # [B, T, H, K]
+    k: torch.Tensor,  # [B, T, H, K]
+    v: torch.Tensor,  # [B, T, H, V]
+    g: torch.Tensor | None = None,  # [B, T, H] log decay per head
+    gk: torch.Tensor | None = None,  # [B, T, H, K] log decay per key channel
+    scale: float | None = None,
+    initial_state: torch.Tensor | None = None,  # [B, H, K, V]
+    output_final_state: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """S_t = diag(alpha_t) S_{t-1} + k_t v_t^T ;  o_t = scale * S_t^T q_t."""
+    acc, scale, S = _start(q, v, scale, initial_state)
+    q, k, v = q.to(acc), k.to(acc), v.to(acc)
+    g = None if g is None else g.to(acc)
+    gk = None if gk is None else gk.to(acc)
+    outs = []
+    for t in range(q.shape[1]):
+        alpha = _decay(g, gk, t)
+        if alpha is not None:
+            S = alpha * S
+        S = S + k[:, t, :, :, None] * v[:, t, :, None, :]  # [B, H, K, V]
+        outs.append(scale * (q[:, t, :, :, None] * S).sum(-2))  # [B, H, V]
+    o = torch.stack(outs, dim=1) if outs else v.new_zeros(v.shape)
+    return o.to(q.dtype), (S if output_final_state else None)
+
+
+def naive_gated_delta_rule(
+    q: torch.Tensor,  # [B, T, H, K]
+    k: torch.Tensor,  # [B, T, H, K]
+    v: torch.Tensor,  # [B, T, H, V]
+    beta: torch.Tensor,  # [B, T, H]
+    g: torch.Tensor | None = None,  # [B, T, H]
+    gk: torch.Tensor | None = None,  # [B, T, H, K]
+    scale: float | None = None,
+    initial_state: torch.Tensor | None = None,  # [B, H, K, V]
+    output_final_state: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """S' = diag(alpha_t) S_{t-1} ; S_t = S' + beta_t k_t (v_t - S'^T k_t)^T ; o_t = scale * S_t^T q_t."""
+    acc, scale, S = _start(q, v, scale, initial_state)
+    q, k, v, beta = q.to(acc), k.to(acc), v.to(acc), beta.to(acc)
+    g = None if g is None else g.to(acc)
+    gk = None if gk is None else gk.to(acc)
+    outs = []
+    for t in range(q.shape[1]):
+        alpha = _decay(g, gk, t)
+        if alpha is not None:
+            S = alpha * S
+        kt = k[:, t, :, :, None]  # [B, H, K, 1]
+        recalled = (kt * S).sum(-2)  # S'^T k_t: [B, H, V]
+        delta = beta[:, t, :, None] * (v[:, t] - recalled)  # [B, H, V]
+        S = S + kt * delta[:, :, None, :]
+        outs.append(scale * (q[:, t, :, :, None] * S).sum(-2))  # [B, H, V]
+    o = torch.stack(outs, dim=1) if outs else v.new_zeros(v.shape)
+    return o.to(q.dtype), (S if output_final_state else None)

@@ -1,0 +1,210 @@
+"""`hybridnas campaign ...` and `hybridnas export`: launching, resuming and inspecting campaigns."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from hybridnas.search.campaign import Campaign, CampaignFileError, load_campaign, parse_campaign
+from hybridnas.search.controller import Controller, Event, RunSummary
+from hybridnas.search.export import export_candidate
+from hybridnas.store import Store
+from hybridnas.store.cli import campaign_list, campaign_show, print_leaderboard
+
+campaign_app = typer.Typer(help="Launch, resume and inspect search campaigns.", no_args_is_help=True)
+err = Console(stderr=True)
+out = Console()
+
+StoreOpt = typer.Option(None, "--store", envvar="HYBRIDNAS_STORE", help="SQLAlchemy URL or SQLite file (default sqlite:///hybridnas.db).")
+FormatOpt = typer.Option("table", "--format", help="table | json | csv")
+
+
+def fail(message: str, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _load(file: Path, **overrides: object) -> Campaign:
+    try:
+        return load_campaign(file, **overrides)
+    except CampaignFileError as e:
+        fail(str(e))
+        raise  # unreachable; keeps type checkers quiet
+
+
+def _run(
+    store: Store,
+    campaign: Campaign,
+    campaign_id: int,
+    executor_kind: str | None,
+    workers: int | None,
+    address: str | None,
+    export_dir: Path | None,
+) -> RunSummary:
+    from hybridnas.workers import make_executor
+
+    ex = campaign.file.execution
+    executor = make_executor(
+        executor_kind or ex.executor,
+        workers=workers or ex.workers,
+        address=address if address is not None else ex.address,
+        cpus_per_worker=ex.cpus_per_worker,
+        gpus_per_worker=ex.gpus_per_worker,
+    )
+    budget = campaign.file.search.budget
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[last]}"),
+        console=err,
+        transient=False,
+    )
+    task = progress.add_task(campaign.name, total=budget, last="")
+
+    def on_event(e: Event) -> None:
+        if e.kind in ("done", "failed"):
+            progress.advance(task)
+            mark = "[green]✓[/]" if e.kind == "done" else "[red]✗[/]"
+            progress.console.print(f"  {mark} #{e.candidate_id} {e.label}  {e.detail}", highlight=False)
+        elif e.kind in ("resumed", "exhausted", "rejected"):
+            progress.console.print(f"  [yellow]{e.kind}[/] {e.label} {e.detail}", highlight=False)
+        progress.update(task, last=f"{executor.in_flight} running")
+
+    controller = Controller(store, campaign, campaign_id, executor, on_event)
+    try:
+        with progress:
+            progress.update(task, completed=controller.n_finished)
+            summary = controller.run()
+    except KeyboardInterrupt:
+        store.set_campaign_status(campaign_id, "stopped")
+        err.print(f"\nstopped; recorded results are kept. Continue with: hybridnas campaign resume {campaign.name}")
+        raise typer.Exit(130)
+    finally:
+        executor.close()
+    err.print(
+        f"{campaign.name}: {summary.evaluated} evaluated ({summary.failed} failed, {summary.rejected} rejected by constraints)"
+        f" in {summary.wall_time_s:.1f}s" + (" — the space ran out of new designs" if summary.exhausted else "")
+    )
+    obj = campaign.file.objective
+    print_leaderboard(store, campaign.name, metric=obj.metric, direction=obj.direction, limit=10, fmt="table")
+    if export_dir is not None:
+        board = store.leaderboard(campaign_id, metric=obj.metric, direction=obj.direction, limit=1)
+        if board:
+            path = export_candidate(store, board[0]["candidate_id"], export_dir / campaign.name)
+            err.print(f"winner #{board[0]['candidate_id']} exported to {path}")
+    return summary
+
+
+@campaign_app.command("launch")
+def launch(
+    file: Path = typer.Argument(..., help="Campaign YAML file."),
+    store: Optional[str] = StoreOpt,
+    name: Optional[str] = typer.Option(None, "--name", help="Override the campaign name from the file."),
+    executor: Optional[str] = typer.Option(None, "--executor", help="ray | inprocess (overrides the file)."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Evaluations in flight (overrides the file)."),
+    address: Optional[str] = typer.Option(None, "--address", help="Join an existing Ray cluster."),
+    export_dir: Path = typer.Option(Path("export"), "--export-dir", help="Export the winner to DIR/<campaign>/."),
+    no_export: bool = typer.Option(False, "--no-export", help="Do not export the winner."),
+) -> None:
+    """Validate FILE, create the campaign in the store, and run it to its budget."""
+    if executor is not None and executor not in ("ray", "inprocess"):
+        fail(f"--executor: {executor!r} is not allowed; allowed: ray, inprocess")
+    campaign = _load(file, name=name)
+    st = Store.open(store)
+    try:
+        known = {c.name for c in st.list_campaigns()}
+        if campaign.name in known:
+            fail(f"name: campaign {campaign.name!r} already exists in {st.url}; resume it with "
+                 f"`hybridnas campaign resume {campaign.name}` or pick another name with --name")
+        campaign_id = st.create_campaign(campaign.name, campaign.config(), campaign.file.seed)
+        _run(st, campaign, campaign_id, executor, workers, address, None if no_export else export_dir)
+    finally:
+        st.close()
+
+
+@campaign_app.command("resume")
+def resume(
+    name: Optional[str] = typer.Argument(None, help="Campaign name (default: the most recent)."),
+    store: Optional[str] = StoreOpt,
+    executor: Optional[str] = typer.Option(None, "--executor", help="ray | inprocess"),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1),
+    address: Optional[str] = typer.Option(None, "--address"),
+    export_dir: Path = typer.Option(Path("export"), "--export-dir"),
+    no_export: bool = typer.Option(False, "--no-export"),
+) -> None:
+    """Continue a stopped or interrupted campaign: recorded results are kept, unfinished ones run again."""
+    if executor is not None and executor not in ("ray", "inprocess"):
+        fail(f"--executor: {executor!r} is not allowed; allowed: ray, inprocess")
+    st = Store.open(store)
+    try:
+        try:
+            info = st.get_campaign(name)
+        except LookupError as e:
+            fail(str(e))
+        try:
+            campaign = parse_campaign(info.config, f"(stored config of {info.name})")
+        except CampaignFileError as e:
+            fail(str(e))
+        _run(st, campaign, info.id, executor, workers, address, None if no_export else export_dir)
+    finally:
+        st.close()
+
+
+@campaign_app.command("validate")
+def validate(file: Path = typer.Argument(..., help="Campaign YAML file.")) -> None:
+    """Check a campaign file without running it."""
+    campaign = _load(file)
+    out.print(
+        f"ok: {campaign.name} — task {campaign.task.name} (vocab {campaign.task.vocab_size}), "
+        f"{campaign.space.mode} space of {campaign.space.size()} gene combinations, "
+        f"{campaign.file.search.strategy} search, budget {campaign.file.search.budget}"
+    )
+
+
+@campaign_app.command("list")
+def list_(store: Optional[str] = StoreOpt, fmt: str = FormatOpt) -> None:
+    """All campaigns in the store."""
+    st = Store.open(store)
+    try:
+        campaign_list(st, fmt)
+    finally:
+        st.close()
+
+
+@campaign_app.command("show")
+def show(
+    name: Optional[str] = typer.Argument(None, help="Campaign name (default: the most recent)."),
+    store: Optional[str] = StoreOpt,
+    fmt: str = FormatOpt,
+) -> None:
+    """One campaign: its status, counts and configuration."""
+    st = Store.open(store)
+    try:
+        campaign_show(st, name, fmt)
+    finally:
+        st.close()
+
+
+def export_command(
+    candidate_id: int = typer.Argument(..., help="Candidate id (see `hybridnas query leaderboard`)."),
+    out_dir: Path = typer.Option(..., "--out", help="Folder to write the export into."),
+    store: Optional[str] = StoreOpt,
+    name: Optional[str] = typer.Option(None, "--name", help="Module name (modeling_<name>.py)."),
+) -> None:
+    """Export a candidate as a standalone module: modeling_<name>.py, config.json, model.safetensors."""
+    st = Store.open(store)
+    try:
+        try:
+            path = export_candidate(st, candidate_id, out_dir, name)
+        except LookupError as e:
+            fail(str(e))
+        out.print(f"exported candidate {candidate_id} to {path}")
+    finally:
+        st.close()

@@ -1,0 +1,47 @@
+"""`hybridnas space ...`: checking search-space files before a campaign uses them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+import yaml
+from pydantic import ValidationError
+from rich.console import Console
+
+from hybridnas.space.errors import format_validation_error
+from hybridnas.space.space import SpaceFile
+
+space_app = typer.Typer(help="Search spaces: validate them before a campaign uses them.", no_args_is_help=True)
+
+
+@space_app.command("validate")
+def validate(
+    file: Path = typer.Argument(..., help="A space file, or a campaign file (its `space:` section is checked)."),
+    vocab_size: int = typer.Option(64, "--vocab-size", min=2, help="Vocabulary to build sample designs with."),
+) -> None:
+    """Check every gene's choices; print the space's mode and size. Exit code 2 on any problem."""
+    err = Console(stderr=True)
+    if not file.is_file():
+        err.print(f"[bold red]error:[/] file: {file} does not exist")
+        raise typer.Exit(2)
+    try:
+        data = yaml.safe_load(file.read_text())
+    except yaml.YAMLError as e:
+        err.print(f"[bold red]error:[/] yaml: {e}")
+        raise typer.Exit(2)
+    prefix = ""
+    if isinstance(data, dict) and "space" in data:
+        data, prefix = data["space"], "space"
+    try:
+        space = SpaceFile.model_validate(data or {}).build(vocab_size)
+    except ValidationError as e:
+        err.print(f"[bold red]error:[/] invalid space in {file}:", highlight=False)
+        for line in format_validation_error(e, prefix):
+            err.print(f"  {line}", highlight=False)
+        raise typer.Exit(2)
+    except ValueError as e:
+        err.print(f"[bold red]error:[/] {prefix or 'space'}: {e}", highlight=False)
+        raise typer.Exit(2)
+    genes = ", ".join(f"{name} ({len(c)})" for name, c in space.genes if len(c) > 1) or "none"
+    Console().print(f"ok: {space.mode} space, {space.size()} gene combinations; searched genes: {genes}", highlight=False)
