@@ -50,6 +50,7 @@ def naive_gated_linear_attention(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """S_t = diag(alpha_t) S_{t-1} + k_t v_t^T ;  o_t = scale * S_t^T q_t."""
     acc, scale, S = _start(q, v, scale, initial_state)
+    dtype = q.dtype
     q, k, v = q.to(acc), k.to(acc), v.to(acc)
     g = None if g is None else g.to(acc)
     gk = None if gk is None else gk.to(acc)
@@ -61,7 +62,7 @@ def naive_gated_linear_attention(
         S = S + k[:, t, :, :, None] * v[:, t, :, None, :]  # [B, H, K, V]
         outs.append(scale * (q[:, t, :, :, None] * S).sum(-2))  # [B, H, V]
     o = torch.stack(outs, dim=1) if outs else v.new_zeros(v.shape)
-    return o.to(q.dtype), (S if output_final_state else None)
+    return o.to(dtype), (S if output_final_state else None)
 
 
 def naive_gated_delta_rule(
@@ -77,6 +78,7 @@ def naive_gated_delta_rule(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """S' = diag(alpha_t) S_{t-1} ; S_t = S' + beta_t k_t (v_t - S'^T k_t)^T ; o_t = scale * S_t^T q_t."""
     acc, scale, S = _start(q, v, scale, initial_state)
+    dtype = q.dtype
     q, k, v, beta = q.to(acc), k.to(acc), v.to(acc), beta.to(acc)
     g = None if g is None else g.to(acc)
     gk = None if gk is None else gk.to(acc)
@@ -91,4 +93,4 @@ def naive_gated_delta_rule(
         S = S + kt * delta[:, :, None, :]
         outs.append(scale * (q[:, t, :, :, None] * S).sum(-2))  # [B, H, V]
     o = torch.stack(outs, dim=1) if outs else v.new_zeros(v.shape)
-    return o.to(q.dtype), (S if output_final_state else None)
+    return o.to(dtype), (S if output_final_state else None)

@@ -15,11 +15,13 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from hybridnas.store.models import StoreError
+
 WEIGHTS_SUFFIX = ".safetensors"
 _CHUNK = 1 << 20  # bytes read at a time when hashing a file
 
 
-class ArtifactError(RuntimeError):
+class ArtifactError(StoreError):
     """An artifact file is missing or its bytes do not match the recorded sha256."""
 
 

@@ -301,3 +301,47 @@ class LineageEdge:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+# --- errors ----------------------------------------------------------------------------------------
+
+
+class StoreError(Exception):
+    """Base of every error the store raises on purpose."""
+
+
+class StoreNotFound(StoreError):
+    """No hybridnas store at that URL (and the caller asked not to create one)."""
+
+
+class SchemaVersionError(StoreError):
+    """The database was written by a newer (or unknown) hybridnas schema."""
+
+
+class CampaignExists(StoreError):
+    """`create_campaign` with a name that is already taken."""
+
+
+class CampaignNotFound(StoreError, LookupError):
+    """No campaign by that name or id; the message lists the known names."""
+
+
+class CandidateNotFound(StoreError, LookupError):
+    pass
+
+
+class EvaluationNotFound(StoreError, LookupError):
+    pass
+
+
+class DuplicateEvaluation(StoreError):
+    """That (candidate, task, fidelity, seed) evaluation already exists; nothing was written."""
+
+    def __init__(self, message: str, candidate_id: int, evaluation_id: int) -> None:
+        super().__init__(message)
+        self.candidate_id = candidate_id  # the existing candidate
+        self.evaluation_id = evaluation_id  # the existing evaluation
+
+
+class EvaluationAlreadyFinished(StoreError):
+    """The evaluation is done or failed already, with a different result than the one given."""

@@ -95,15 +95,20 @@ def _is_oom(e: BaseException) -> bool:
     return isinstance(e, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
+def _first_line(e: BaseException) -> str:
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    return lines[0] if lines else type(e).__name__
+
+
 def failure_reason(e: BaseException) -> str:
     """One line saying what went wrong, then (for unexpected errors) the last few frames."""
     if isinstance(e, EvaluationFailed):
         return e.reason
-    first = (str(e).strip().splitlines() or [""])[0]
+    first = _first_line(e)
     if _is_oom(e):
         head = f"out of memory: {first}"
     else:
-        head = f"{type(e).__name__}: {first}" if first else type(e).__name__
+        head = type(e).__name__ if first == type(e).__name__ else f"{type(e).__name__}: {first}"
     frames = traceback.extract_tb(e.__traceback__)[-_TRACEBACK_FRAMES:]
     tail = [f"  at {f.filename.rsplit('/', 1)[-1]}:{f.lineno} in {f.name}: {(f.line or '').strip()}" for f in frames]
     return "\n".join([head, *tail])
@@ -128,15 +133,27 @@ def _cost_metrics(spec: ArchSpec) -> dict[str, float]:
 
 
 def _run(request: EvalRequest, device: torch.device) -> tuple[dict[str, float], bytes]:
-    spec = ArchSpec.from_json(request.spec_json)
-    task = make_task(request.task)
+    # Bad requests fail with one line naming what was wrong, not a traceback into a parser.
+    try:
+        spec = ArchSpec.from_json(request.spec_json)
+    except (ValueError, TypeError) as e:
+        raise EvaluationFailed(f"invalid spec_json: {_first_line(e)}") from None
+    try:
+        task = make_task(request.task)
+    except ValueError as e:
+        raise EvaluationFailed(f"invalid task: {_first_line(e)}") from None
     if spec.vocab_size < task.vocab_size:
-        raise EvaluationFailed(f"spec.vocab_size {spec.vocab_size} is smaller than the task's vocab_size {task.vocab_size}")
+        raise EvaluationFailed(
+            f"spec.vocab_size {spec.vocab_size} is smaller than the task's vocab_size {task.vocab_size}"
+        )
     train_dict = {**request.train, "steps": request.steps}
     if request.timeout_s is not None:
         limit = train_dict.get("time_limit_s")
         train_dict["time_limit_s"] = request.timeout_s if limit is None else min(limit, request.timeout_s)
-    cfg = TrainConfig.from_dict(train_dict)
+    try:
+        cfg = TrainConfig.from_dict(train_dict)
+    except ValueError as e:
+        raise EvaluationFailed(f"invalid train config: {_first_line(e)}") from None
     data = task_data(task, request.seed)
 
     torch.manual_seed(request.seed)  # the initial weights
@@ -150,7 +167,6 @@ def _run(request: EvalRequest, device: torch.device) -> tuple[dict[str, float], 
         "steps": float(result.steps),
         "params": float(count_params(model)),
         "train_tokens_per_s": result.tokens_per_s,
-        "train_time_s": result.wall_time_s,
     }
     peak = peak_memory_bytes(device)
     if peak is not None:

@@ -171,7 +171,7 @@ def train(model: nn.Module, data: TaskData, cfg: TrainConfig, seed: int) -> Trai
     device = next(model.parameters()).device
     torch.manual_seed(seed)  # dropout or any other randomness inside the model
     gen = torch.Generator().manual_seed(seed)  # batch order, independent of the model's RNG use
-    order = _batch_order(data.train_inputs.shape[0], cfg.steps, cfg.batch_size, gen)
+    order = _batch_order(data.train_inputs.shape[0], cfg.steps, cfg.batch_size, gen).to(device)  # [steps, B]
     train_inputs = data.train_inputs.to(device)
     train_targets = data.train_targets.to(device)
 
@@ -200,7 +200,7 @@ def train(model: nn.Module, data: TaskData, cfg: TrainConfig, seed: int) -> Trai
         lr = lr_at(step, cfg)
         for group in opt.param_groups:
             group["lr"] = lr
-        idx = order[step].to(device)  # [B]
+        idx = order[step]  # [B]
         x, y = train_inputs[idx], train_targets[idx]  # [B, T]
         loss = _loss_fn(model(x), y)
         opt.zero_grad(set_to_none=True)

@@ -1,0 +1,33 @@
+"""Causal depthwise 1-d convolution (the short convolution on q/k/v and the short_conv mixer)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def causal_conv1d(
+    x: torch.Tensor,  # [B, T, D]
+    weight: torch.Tensor,  # [D, W]; weight[:, W - 1] multiplies the current token
+    state: torch.Tensor | None = None,  # [B, W - 1, D] the last W - 1 inputs before x (zeros if None)
+    output_final_state: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """y_t = sum_j weight[:, j] * x_{t - (W - 1) + j}, per channel; no bias, no activation.
+
+    Returns y [B, T, D] and, when output_final_state, the last W - 1 inputs [B, W - 1, D], which
+    continue the sequence exactly when passed back as `state` (decoding one token at a time).
+    """
+    if not isinstance(x, torch.Tensor) or x.dim() != 3:
+        raise ValueError(f"x: expected a 3-d tensor [B, T, D], got {getattr(x, 'shape', type(x).__name__)}")
+    B, T, D = x.shape
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2 or weight.shape[0] != D or weight.shape[1] < 1:
+        raise ValueError(f"weight: expected shape [D, W] with D = {D}, W >= 1, got {list(getattr(weight, 'shape', []))}")
+    W = weight.shape[1]
+    if state is None:
+        state = x.new_zeros(B, W - 1, D)
+    elif tuple(state.shape) != (B, W - 1, D):
+        raise ValueError(f"state: expected shape [B, W - 1, D] = {[B, W - 1, D]}, got {list(state.shape)}")
+    xp = torch.cat([state.to(x.dtype), x], dim=1)  # [B, W - 1 + T, D]
+    y = F.conv1d(xp.transpose(1, 2), weight.to(x.dtype)[:, None, :], groups=D)  # [B, D, T]
+    final = xp[:, xp.shape[1] - (W - 1) :].clone() if output_final_state else None  # no view pinning xp
+    return y.transpose(1, 2), final

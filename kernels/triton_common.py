@@ -1,0 +1,682 @@
+"""Shared pieces of the Triton backend: input checks, launch config, and the chunk kernels that the
+gated linear attention and the gated delta rule have in common.
+
+Layout conventions used by every kernel here:
+  * inputs keep the public layout [B, T, H, D] (contiguous); a token (b, t, h) sits at row
+    (b * T + t) * H + h of a [B*T*H, D] view;
+  * `gcum` is the chunk-local inclusive cumulative sum of the log decay, float32, same layout as the
+    decay ([B, T, H] for a per-head g, [B, T, H, K] for a per-channel gk);
+  * chunk-local matrices (attention A, delta-rule L, its inverse M, their gradients) are float32
+    [B*H, T, BT]: row t holds the BT columns of t's chunk;
+  * per-chunk states are float32 [B*H, NT, K, V], holding the state *entering* each chunk (forward)
+    or the gradient w.r.t. the state *leaving* each chunk (backward).
+
+Numerical safety: decays are only ever exponentiated as differences b_i - b_j with i after j (or a
+decay measured from a reference row that lies between them), which are <= 0 because the cumulative
+log decay is non-increasing. Masked lanes are forced to exponent 0 before `tl.exp`.
+
+Kernels run under the Triton interpreter when TRITON_INTERPRET=1 is set before triton is imported,
+which is how their correctness is checked on machines without a GPU.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = [
+    "CHUNK",
+    "SUBCHUNK",
+    "DECAY_NONE",
+    "DECAY_HEAD",
+    "DECAY_CHANNEL",
+    "ChunkConfig",
+    "interpreting",
+    "check_device",
+    "decay_mode",
+    "make_config",
+    "chunk_local_cumsum",
+    "chunk_pair_fwd",
+    "chunk_fwd_h",
+    "chunk_fwd_o",
+    "chunk_bwd_dh",
+    "chunk_pair_bwd",
+]
+
+CHUNK = 64  # tokens per chunk (BT): the intra-chunk attention block is BT x BT
+SUBCHUNK = 16  # rows per sub-chunk (BC) for per-channel decays; tl.dot needs >= 16 per dim
+MAX_HEAD_DIM = 256  # K and V are held whole in one block; 128 is the design target
+
+DECAY_NONE = 0  # no decay (alpha = 1)
+DECAY_HEAD = 1  # scalar log decay per head, g [B, T, H]
+DECAY_CHANNEL = 2  # log decay per key channel, gk [B, T, H, K]
+
+SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def interpreting() -> bool:
+    """True when Triton runs kernels through its CPU interpreter (TRITON_INTERPRET=1)."""
+    knobs = getattr(triton, "knobs", None)
+    if knobs is not None:
+        return bool(knobs.runtime.interpret)
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+
+
+def check_device(*tensors: torch.Tensor | None) -> None:
+    """Triton kernels need CUDA tensors unless the interpreter is active."""
+    if interpreting():
+        return
+    for t in tensors:
+        if t is not None and t.device.type != "cuda":
+            raise RuntimeError(
+                f"triton kernels need CUDA tensors, got a tensor on {t.device}; use backend='chunk' "
+                "on CPU, or set TRITON_INTERPRET=1 before triton is imported to run the kernels "
+                "through the Triton interpreter"
+            )
+
+
+def decay_mode(g: torch.Tensor | None, gk: torch.Tensor | None) -> tuple[int, torch.Tensor | None]:
+    """(mode, decay tensor): which of g / gk is given; they are mutually exclusive."""
+    if g is not None and gk is not None:
+        raise ValueError("g and gk: pass at most one decay (per-head g or per-channel gk)")
+    if g is not None:
+        return DECAY_HEAD, g
+    if gk is not None:
+        return DECAY_CHANNEL, gk
+    return DECAY_NONE, None
+
+
+@dataclass(frozen=True)
+class ChunkConfig:
+    B: int  # batch size
+    T: int  # sequence length (any value >= 1; the last chunk is masked)
+    H: int  # heads
+    K: int  # key / query head dim
+    V: int  # value head dim
+    BK: int  # K rounded up to a power of two >= 16 (whole K in one block)
+    BV: int  # value block per program, power of two in [16, 64]
+    NT: int  # number of chunks
+    NV: int  # number of value blocks
+    decay: int  # DECAY_NONE / DECAY_HEAD / DECAY_CHANNEL
+    ieee: bool  # exact float32 dots (float32 inputs); tf32 otherwise
+
+
+def make_config(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor | None,
+    gk: torch.Tensor | None,
+    beta: torch.Tensor | None,
+    initial_state: torch.Tensor | None,
+) -> ChunkConfig:
+    """Validate chunk-form inputs and derive the launch configuration."""
+    if q.dim() != 4 or k.shape != q.shape:
+        raise ValueError(f"q and k must both be [B, T, H, K]; got q {tuple(q.shape)}, k {tuple(k.shape)}")
+    B, T, H, K = q.shape
+    if v.dim() != 4 or v.shape[:3] != (B, T, H):
+        raise ValueError(f"v must be [B, T, H, V] = [{B}, {T}, {H}, V]; got {tuple(v.shape)}")
+    V = v.shape[-1]
+    if T < 1:
+        raise ValueError(f"sequence length T must be >= 1; got {T}")
+    if not (1 <= K <= MAX_HEAD_DIM and 1 <= V <= MAX_HEAD_DIM):
+        raise ValueError(f"head dims K={K}, V={V}: each must be in [1, {MAX_HEAD_DIM}]")
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.dtype not in SUPPORTED_DTYPES:
+            raise TypeError(f"{name}.dtype {t.dtype}: the triton backend supports float32, float16, bfloat16")
+    mode, _ = decay_mode(g, gk)
+    if g is not None and g.shape != (B, T, H):
+        raise ValueError(f"g must be [B, T, H] = [{B}, {T}, {H}]; got {tuple(g.shape)}")
+    if gk is not None and gk.shape != (B, T, H, K):
+        raise ValueError(f"gk must be [B, T, H, K] = [{B}, {T}, {H}, {K}]; got {tuple(gk.shape)}")
+    if beta is not None and beta.shape != (B, T, H):
+        raise ValueError(f"beta must be [B, T, H] = [{B}, {T}, {H}]; got {tuple(beta.shape)}")
+    if initial_state is not None and initial_state.shape != (B, H, K, V):
+        raise ValueError(
+            f"initial_state must be [B, H, K, V] = [{B}, {H}, {K}, {V}]; got {tuple(initial_state.shape)}"
+        )
+    check_device(q, k, v, g, gk, beta, initial_state)
+    BK = max(16, triton.next_power_of_2(K))
+    BV = min(64, max(16, triton.next_power_of_2(V)))
+    return ChunkConfig(
+        B=B, T=T, H=H, K=K, V=V, BK=BK, BV=BV,
+        NT=triton.cdiv(T, CHUNK), NV=triton.cdiv(V, BV),
+        decay=mode, ieee=q.dtype == torch.float32,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# device helpers
+
+
+@triton.jit
+def _dot(a, b, IEEE: tl.constexpr):
+    # float32 operands: exact products for float32 inputs, tf32 tensor cores for half inputs
+    if IEEE:
+        return tl.dot(a, b, input_precision="ieee")
+    else:
+        return tl.dot(a, b)
+
+
+# --------------------------------------------------------------------------------------------------
+# chunk-local cumulative sum of the log decay
+
+
+@triton.jit
+def chunk_local_cumsum_kernel(
+    G, OUT, T,
+    H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, PER_CHANNEL: tl.constexpr,
+):
+    i_t = tl.program_id(0)
+    i_bh = tl.program_id(1)
+    i_b = i_bh // H
+    i_h = i_bh % H
+    rows = i_t * BT + tl.arange(0, BT)
+    m_t = rows < T
+    tok = (i_b.to(tl.int64) * T + rows) * H + i_h  # [BT] token rows
+    if PER_CHANNEL:
+        o_k = tl.arange(0, BK)
+        m = m_t[:, None] & (o_k < K)[None, :]
+        p = tok[:, None] * K + o_k[None, :]
+        b_g = tl.load(G + p, mask=m, other=0.0).to(tl.float32)  # [BT, BK]
+        tl.store(OUT + p, tl.cumsum(b_g, axis=0), mask=m)
+    else:
+        b_g = tl.load(G + tok, mask=m_t, other=0.0).to(tl.float32)  # [BT]
+        tl.store(OUT + tok, tl.cumsum(b_g, axis=0), mask=m_t)
+
+
+def chunk_local_cumsum(decay: torch.Tensor, cfg: ChunkConfig) -> torch.Tensor:
+    """float32 inclusive cumsum of the log decay within each chunk, same layout as `decay`."""
+    out = torch.empty(decay.shape, dtype=torch.float32, device=decay.device)
+    chunk_local_cumsum_kernel[(cfg.NT, cfg.B * cfg.H)](
+        decay, out, cfg.T,
+        H=cfg.H, K=cfg.K, BT=CHUNK, BK=cfg.BK, PER_CHANNEL=cfg.decay == DECAY_CHANNEL,
+        num_warps=4,
+    )
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# per-channel intra-chunk pair matrices (forward)
+
+
+@triton.jit
+def chunk_pair_fwd_kernel(
+    Q, Kp, GC, AQK, AKK, T,
+    H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    DELTA: tl.constexpr, IEEE: tl.constexpr,
+):
+    """Rows [i0, i0 + BC) of A_qk[i, j] = sum_k q_ik k_jk exp(b_ik - b_jk) (j <= i) and, for the delta
+    rule, L[i, j] = sum_k k_ik k_jk exp(b_ik - b_jk) (j < i). Unscaled, no beta.
+
+    Columns before the sub-chunk factor through the decay at row i0: exp(b_i - b_i0) * exp(b_i0 - b_j),
+    both factors <= 0 in the exponent; the diagonal BC x BC block is summed element by element."""
+    NC: tl.constexpr = BT // BC
+    i_tc = tl.program_id(0)
+    i_bh = tl.program_id(1)
+    i_t = i_tc // NC
+    i_c = i_tc % NC
+    i_b = i_bh // H
+    i_h = i_bh % H
+    base = i_b.to(tl.int64) * T * H + i_h  # token row of (b, t=0, h)
+    t0 = i_t * BT
+    i0 = t0 + i_c * BC
+    o_k = tl.arange(0, BK)
+    m_k = o_k < K
+    o_c = tl.arange(0, BC)
+    o_i = i0 + o_c  # [BC] rows of this sub-chunk
+    m_i = o_i < T
+    m_ik = m_i[:, None] & m_k[None, :]
+    p_i = (base + o_i * H)[:, None] * K + o_k[None, :]
+    b_q = tl.load(Q + p_i, mask=m_ik, other=0.0).to(tl.float32)  # [BC, BK]
+    b_k = tl.load(Kp + p_i, mask=m_ik, other=0.0).to(tl.float32)  # [BC, BK]
+    b_b = tl.load(GC + p_i, mask=m_ik, other=0.0)  # [BC, BK]
+    o_bt = tl.arange(0, BT)
+    o_j = t0 + o_bt  # [BT] columns of the chunk
+    m_jk = ((o_j < i0) & (o_j < T))[:, None] & m_k[None, :]  # columns before this sub-chunk
+    p_j = (base + o_j * H)[:, None] * K + o_k[None, :]
+    b_kj = tl.load(Kp + p_j, mask=m_jk, other=0.0).to(tl.float32)  # [BT, BK]
+    b_bj = tl.load(GC + p_j, mask=m_jk, other=0.0)  # [BT, BK]
+    r = tl.minimum(i0, T - 1)  # reference row (clamped so tail programs stay finite)
+    b_r = tl.load(GC + (base + r * H) * K + o_k, mask=m_k, other=0.0)  # [BK]
+    b_kg = b_kj * tl.exp(tl.where(m_jk, b_r[None, :] - b_bj, 0.0))  # [BT, BK]
+    e_i = tl.exp(tl.where(m_ik, b_b - b_r[None, :], 0.0))  # [BC, BK]
+    b_aqk = _dot(b_q * e_i, tl.trans(b_kg), IEEE)  # [BC, BT]
+    b_akk = tl.zeros([BC, BT], dtype=tl.float32)
+    if DELTA:
+        b_akk = _dot(b_k * e_i, tl.trans(b_kg), IEEE)
+    for jj in range(0, BC):
+        j = i0 + jj
+        # (a block-by-scalar `&` yields int32 under the interpreter, so compare a block)
+        m_row = m_k & ((o_k * 0 + j) < T)
+        p_row = (base + j * H) * K + o_k
+        k_row = tl.load(Kp + p_row, mask=m_row, other=0.0).to(tl.float32)  # [BK]
+        b_row = tl.load(GC + p_row, mask=m_row, other=0.0)  # [BK]
+        m_d = (o_c >= jj)[:, None] & m_ik
+        e_d = tl.exp(tl.where(m_d, b_b - b_row[None, :], 0.0))  # [BC, BK]
+        sel = o_bt[None, :] == i_c * BC + jj  # [1, BT] the column of token j
+        a_col = tl.sum(b_q * k_row[None, :] * e_d, axis=1)  # [BC]
+        b_aqk = tl.where(sel & (o_c >= jj)[:, None], a_col[:, None], b_aqk)
+        if DELTA:
+            l_col = tl.sum(b_k * k_row[None, :] * e_d, axis=1)
+            b_akk = tl.where(sel & (o_c > jj)[:, None], l_col[:, None], b_akk)
+    p_a = (i_bh.to(tl.int64) * T + o_i)[:, None] * BT + o_bt[None, :]
+    tl.store(AQK + p_a, b_aqk, mask=m_i[:, None])
+    if DELTA:
+        tl.store(AKK + p_a, b_akk, mask=m_i[:, None])
+
+
+def chunk_pair_fwd(
+    q: torch.Tensor, k: torch.Tensor, gcum: torch.Tensor, cfg: ChunkConfig, delta: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per-channel decay only: (A_qk, L_kk or None), float32 [B*H, T, BT]."""
+    shape = (cfg.B * cfg.H, cfg.T, CHUNK)
+    aqk = torch.empty(shape, dtype=torch.float32, device=q.device)
+    akk = torch.empty(shape, dtype=torch.float32, device=q.device) if delta else aqk
+    chunk_pair_fwd_kernel[(cfg.NT * (CHUNK // SUBCHUNK), cfg.B * cfg.H)](
+        q, k, gcum, aqk, akk, cfg.T,
+        H=cfg.H, K=cfg.K, BT=CHUNK, BC=SUBCHUNK, BK=cfg.BK, DELTA=delta, IEEE=cfg.ieee,
+        num_warps=2,
+    )
+    return aqk, (akk if delta else None)
+
+
+# --------------------------------------------------------------------------------------------------
+# inter-chunk state passing (forward)
+
+
+@triton.jit
+def chunk_fwd_h_kernel(
+    Kp, Vp, GC, W, U0, U, H0, HS, HT, T,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+    BV: tl.constexpr, DECAY: tl.constexpr, DELTA: tl.constexpr, USE_H0: tl.constexpr,
+    STORE_FINAL: tl.constexpr, IEEE: tl.constexpr,
+):
+    """Sequential over chunks for one (value block, batch*head): stores the state entering each chunk
+    in HS; for the delta rule also turns the WY pseudo-values U0 into U = U0 - W h."""
+    i_v = tl.program_id(0)
+    i_bh = tl.program_id(1)
+    i_b = i_bh // H
+    i_h = i_bh % H
+    NT = tl.cdiv(T, BT)
+    base = i_b.to(tl.int64) * T * H + i_h
+    o_k = tl.arange(0, BK)
+    m_k = o_k < K
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_v = o_v < V
+    m_kv = m_k[:, None] & m_v[None, :]
+    p_kv = o_k[:, None] * V + o_v[None, :]  # [BK, BV] offsets inside one K x V state
+    b_h = tl.zeros([BK, BV], dtype=tl.float32)
+    if USE_H0:
+        b_h += tl.load(H0 + i_bh.to(tl.int64) * K * V + p_kv, mask=m_kv, other=0.0).to(tl.float32)
+    for i_t in range(0, NT):
+        tl.store(HS + (i_bh.to(tl.int64) * NT + i_t) * K * V + p_kv, b_h, mask=m_kv)
+        rows = i_t * BT + tl.arange(0, BT)
+        m_t = rows < T
+        tok = base + rows * H  # [BT]
+        m_tk = m_t[:, None] & m_k[None, :]
+        m_tv = m_t[:, None] & m_v[None, :]
+        b_k = tl.load(Kp + tok[:, None] * K + o_k[None, :], mask=m_tk, other=0.0).to(tl.float32)
+        if DELTA:
+            b_w = tl.load(W + tok[:, None] * K + o_k[None, :], mask=m_tk, other=0.0)  # [BT, BK]
+            b_u = tl.load(U0 + tok[:, None] * V + o_v[None, :], mask=m_tv, other=0.0)  # [BT, BV]
+            b_u = b_u - _dot(b_w, b_h, IEEE)
+            tl.store(U + tok[:, None] * V + o_v[None, :], b_u, mask=m_tv)
+        else:
+            b_u = tl.load(Vp + tok[:, None] * V + o_v[None, :], mask=m_tv, other=0.0).to(tl.float32)
+        if DECAY == 0:
+            b_h += _dot(tl.trans(b_k), b_u, IEEE)
+        else:
+            last = base + (tl.minimum(T, i_t * BT + BT) - 1) * H  # token row of the chunk's last token
+            if DECAY == 1:
+                b_g = tl.load(GC + tok, mask=m_t, other=0.0)  # [BT]
+                g_last = tl.load(GC + last)
+                b_kr = b_k * tl.exp(tl.where(m_t, g_last - b_g, 0.0))[:, None]
+                b_h = b_h * tl.exp(g_last) + _dot(tl.trans(b_kr), b_u, IEEE)
+            else:
+                b_g = tl.load(GC + tok[:, None] * K + o_k[None, :], mask=m_tk, other=0.0)  # [BT, BK]
+                g_last = tl.load(GC + last * K + o_k, mask=m_k, other=0.0)  # [BK]
+                b_kr = b_k * tl.exp(tl.where(m_tk, g_last[None, :] - b_g, 0.0))
+                b_h = b_h * tl.exp(g_last)[:, None] + _dot(tl.trans(b_kr), b_u, IEEE)
+    if STORE_FINAL:
+        tl.store(HT + i_bh.to(tl.int64) * K * V + p_kv, b_h, mask=m_kv)
+
+
+def chunk_fwd_h(
+    k: torch.Tensor,
+    v: torch.Tensor | None,
+    gcum: torch.Tensor | None,
+    initial_state: torch.Tensor | None,
+    cfg: ChunkConfig,
+    w: torch.Tensor | None = None,
+    u0: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(states entering each chunk [B*H, NT, K, V], final state [B, H, K, V], U or None); all fp32.
+
+    Pass v for gated linear attention, or (w, u0) from the WY transform for the delta rule."""
+    delta = w is not None
+    dev = k.device
+    hs = torch.empty(cfg.B * cfg.H, cfg.NT, cfg.K, cfg.V, dtype=torch.float32, device=dev)
+    ht = torch.empty(cfg.B, cfg.H, cfg.K, cfg.V, dtype=torch.float32, device=dev)
+    u = torch.empty(cfg.B, cfg.T, cfg.H, cfg.V, dtype=torch.float32, device=dev) if delta else None
+    dummy = hs
+    chunk_fwd_h_kernel[(cfg.NV, cfg.B * cfg.H)](
+        k, v if v is not None else dummy, gcum if gcum is not None else dummy,
+        w if delta else dummy, u0 if delta else dummy, u if delta else dummy,
+        initial_state if initial_state is not None else dummy, hs, ht, cfg.T,
+        H=cfg.H, K=cfg.K, V=cfg.V, BT=CHUNK, BK=cfg.BK, BV=cfg.BV, DECAY=cfg.decay, DELTA=delta,
+        USE_H0=initial_state is not None, STORE_FINAL=True, IEEE=cfg.ieee,
+        num_warps=4, num_stages=2,
+    )
+    return hs, ht, u
+
+
+# --------------------------------------------------------------------------------------------------
+# output (forward), parallel over chunks
+
+
+@triton.jit
+def chunk_fwd_o_kernel(
+    Q, Kp, Vp, GC, AQK, HS, O, scale, T,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+    BV: tl.constexpr, DECAY: tl.constexpr, IEEE: tl.constexpr,
+):
+    """o = scale * (q * exp(b)) h_in + (scale * A) v over one chunk and one value block."""
+    i_v = tl.program_id(0)
+    i_t = tl.program_id(1)
+    i_bh = tl.program_id(2)
+    i_b = i_bh // H
+    i_h = i_bh % H
+    NT = tl.cdiv(T, BT)
+    base = i_b.to(tl.int64) * T * H + i_h
+    o_bt = tl.arange(0, BT)
+    rows = i_t * BT + o_bt
+    m_t = rows < T
+    tok = base + rows * H
+    o_k = tl.arange(0, BK)
+    m_k = o_k < K
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_v = o_v < V
+    m_tk = m_t[:, None] & m_k[None, :]
+    m_tv = m_t[:, None] & m_v[None, :]
+    b_q = tl.load(Q + tok[:, None] * K + o_k[None, :], mask=m_tk, other=0.0).to(tl.float32)
+    b_v = tl.load(Vp + tok[:, None] * V + o_v[None, :], mask=m_tv, other=0.0).to(tl.float32)
+    b_h = tl.load(HS + (i_bh.to(tl.int64) * NT + i_t) * K * V + o_k[:, None] * V + o_v[None, :],
+                  mask=m_k[:, None] & m_v[None, :], other=0.0)  # [BK, BV]
+    causal = (o_bt[:, None] >= o_bt[None, :]) & m_t[:, None]
+    if DECAY == 2:
+        b_g = tl.load(GC + tok[:, None] * K + o_k[None, :], mask=m_tk, other=0.0)
+        b_qg = b_q * tl.exp(b_g)
+        b_a = tl.load(AQK + (i_bh.to(tl.int64) * T + rows)[:, None] * BT + o_bt[None, :],
+                      mask=m_t[:, None], other=0.0)
+    else:
+        b_k = tl.load(Kp + tok[:, None] * K + o_k[None, :], mask=m_tk, other=0.0).to(tl.float32)
+        b_a = _dot(b_q, tl.trans(b_k), IEEE)  # [BT, BT]
+        if DECAY == 1:
+            b_g = tl.load(GC + tok, mask=m_t, other=0.0)
+            b_qg = b_q * tl.exp(b_g)[:, None]
+            b_a = b_a * tl.exp(tl.where(causal, b_g[:, None] - b_g[None, :], 0.0))
+        else:
+            b_qg = b_q
+        b_a = tl.where(causal, b_a, 0.0)
+    b_o = _dot(b_qg, b_h, IEEE) + _dot(b_a, b_v, IEEE)
+    tl.store(O + tok[:, None] * V + o_v[None, :], (b_o * scale).to(O.dtype.element_ty), mask=m_tv)
+
+
+def chunk_fwd_o(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gcum: torch.Tensor | None,
+    aqk: torch.Tensor | None, hs: torch.Tensor, scale: float, cfg: ChunkConfig, out_dtype: torch.dtype,
+) -> torch.Tensor:
+    o = torch.empty(cfg.B, cfg.T, cfg.H, cfg.V, dtype=out_dtype, device=q.device)
+    chunk_fwd_o_kernel[(cfg.NV, cfg.NT, cfg.B * cfg.H)](
+        q, k, v, gcum if gcum is not None else hs, aqk if aqk is not None else hs, hs, o, scale, cfg.T,
+        H=cfg.H, K=cfg.K, V=cfg.V, BT=CHUNK, BK=cfg.BK, BV=cfg.BV, DECAY=cfg.decay, IEEE=cfg.ieee,
+        num_warps=4, num_stages=2,
+    )
+    return o
+
+
+# --------------------------------------------------------------------------------------------------
+# inter-chunk state gradient (backward), sequential over chunks in reverse
+
+
+@triton.jit
+def chunk_bwd_dh_kernel(
+    Q, Kp, GC, AQK, W, DO, DU, DHT, DH0, DHS, scale, T,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+    BV: tl.constexpr, DECAY: tl.constexpr, DELTA: tl.constexpr, USE_DHT: tl.constexpr,
+    STORE_DH0: tl.constexpr, IEEE: tl.constexpr,
+):
+    """dh entering chunk c = exp(b_last) dh_out + scale (q exp(b))^T do [- W^T dU for the delta rule].
+
+    DHS receives, per chunk, the gradient w.r.t. the state *leaving* that chunk. For the delta rule
+    the pseudo-value gradient dU = (scale A)^T do + (k exp(b_last - b)) dh_out is formed here because
+    the recurrence needs it."""
+    i_v = tl.program_id(0)
+    i_bh = tl.program_id(1)
+    i_b = i_bh // H
+    i_h = i_bh % H
+    NT = tl.cdiv(T, BT)
+    base = i_b.to(tl.int64) * T * H + i_h
+    o_bt = tl.arange(0, BT)
+    o_k = tl.arange(0, BK)
+    m_k = o_k < K
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_v = o_v < V
+    m_kv = m_k[:, None] & m_v[None, :]
+    p_kv = o_k[:, None] * V + o_v[None, :]
+    b_dh = tl.zeros([BK, BV], dtype=tl.float32)
+    if USE_DHT:
+        b_dh += tl.load(DHT + i_bh.to(tl.int64) * K * V + p_kv, mask=m_kv, other=0.0).to(tl.float32)
+    for i_r in range(0, NT):
+        i_t = NT - 1 - i_r
+        tl.store(DHS + (i_bh.to(tl.int64) * NT + i_t) * K * V + p_kv, b_dh, mask=m_kv)
+        rows = i_t * BT + o_bt
+        m_t = rows < T
+        tok = base + rows * H
+        m_tk = m_t[:, None] & m_k[None, :]
+        m_tv = m_t[:, None] & m_v[None, :]
+        b_q = tl.load(Q + tok[:, None] * K + o_k[None, :], mask=m_tk, other=0.0).to(tl.float32)
+        b_do = tl.load(DO + tok[:, None] * V + o_v[None, :], mask=m_tv, other=0.0).to(tl.float32)
+        causal = (o_bt[:, None] >= o_bt[None, :]) & m_t[:, None]
+        if DELTA:
+            b_k = tl.load(Kp + tok[:, None] * K + o_k[None, :], mask=m_tk, other=0.0).to(tl.float32)
+        if DECAY == 0:
+            b_qg = b_q
+            if DELTA:
+                b_kr = b_k
+                b_a = tl.where(causal, _dot(b_q, tl.trans(b_k), IEEE), 0.0)
+        else:
+            last = base + (tl.minimum(T, i_t * BT + BT) - 1) * H
+            if DECAY == 1:
+                b_g = tl.load(GC + tok, mask=m_t, other=0.0)
+                g_last = tl.load(GC + last)
+                b_qg = b_q * tl.exp(b_g)[:, None]
+                e_last = tl.exp(g_last)
+                if DELTA:
+                    b_kr = b_k * tl.exp(tl.where(m_t, g_last - b_g, 0.0))[:, None]
+                    b_a = _dot(b_q, tl.trans(b_k), IEEE)
+                    b_a = tl.where(causal, b_a * tl.exp(tl.where(causal, b_g[:, None] - b_g[None, :], 0.0)), 0.0)
+            else:
+                b_g = tl.load(GC + tok[:, None] * K + o_k[None, :], mask=m_tk, other=0.0)
+                g_last = tl.load(GC + last * K + o_k, mask=m_k, other=0.0)
+                b_qg = b_q * tl.exp(b_g)
+                e_last = tl.exp(g_last)[:, None]
+                if DELTA:
+                    b_kr = b_k * tl.exp(tl.where(m_tk, g_last[None, :] - b_g, 0.0))
+                    b_a = tl.load(AQK + (i_bh.to(tl.int64) * T + rows)[:, None] * BT + o_bt[None, :],
+                                  mask=m_t[:, None], other=0.0)
+        b_dh_next = b_dh
+        if DECAY != 0:
+            b_dh = b_dh * e_last
+        b_dh += scale * _dot(tl.trans(b_qg), b_do, IEEE)
+        if DELTA:
+            b_du = scale * _dot(tl.trans(b_a), b_do, IEEE) + _dot(b_kr, b_dh_next, IEEE)  # [BT, BV]
+            tl.store(DU + tok[:, None] * V + o_v[None, :], b_du, mask=m_tv)
+            b_w = tl.load(W + tok[:, None] * K + o_k[None, :], mask=m_tk, other=0.0)
+            b_dh -= _dot(tl.trans(b_w), b_du, IEEE)
+    if STORE_DH0:
+        tl.store(DH0 + i_bh.to(tl.int64) * K * V + p_kv, b_dh.to(DH0.dtype.element_ty), mask=m_kv)
+
+
+def chunk_bwd_dh(
+    q: torch.Tensor, k: torch.Tensor, gcum: torch.Tensor | None, aqk: torch.Tensor | None,
+    do: torch.Tensor, dht: torch.Tensor | None, initial_state: torch.Tensor | None, scale: float,
+    cfg: ChunkConfig, w: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """(dh leaving each chunk [B*H, NT, K, V] fp32, dh0 or None, dU or None for the delta rule)."""
+    delta = w is not None
+    dev = q.device
+    dhs = torch.empty(cfg.B * cfg.H, cfg.NT, cfg.K, cfg.V, dtype=torch.float32, device=dev)
+    dh0 = torch.empty_like(initial_state) if initial_state is not None else None
+    du = torch.empty(cfg.B, cfg.T, cfg.H, cfg.V, dtype=torch.float32, device=dev) if delta else None
+    dummy = dhs
+    chunk_bwd_dh_kernel[(cfg.NV, cfg.B * cfg.H)](
+        q, k, gcum if gcum is not None else dummy, aqk if aqk is not None else dummy,
+        w if delta else dummy, do, du if delta else dummy, dht if dht is not None else dummy,
+        dh0 if dh0 is not None else dummy, dhs, scale, cfg.T,
+        H=cfg.H, K=cfg.K, V=cfg.V, BT=CHUNK, BK=cfg.BK, BV=cfg.BV, DECAY=cfg.decay, DELTA=delta,
+        USE_DHT=dht is not None, STORE_DH0=dh0 is not None, IEEE=cfg.ieee,
+        num_warps=4, num_stages=2,
+    )
+    return dhs, dh0, du
+
+
+# --------------------------------------------------------------------------------------------------
+# per-channel intra-chunk gradients (backward) and the decay gradient
+
+
+@triton.jit
+def chunk_pair_bwd_kernel(
+    Q, Kp, GC, DA, DL, DQP, DKP, DBP, DLAST, DQ, DK, DG, T,
+    H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    DELTA: tl.constexpr, IEEE: tl.constexpr,
+):
+    """Adds the intra-chunk gradients of the per-channel pair matrices to the partial dq, dk and
+    d(cumulative decay) from the main backward kernel, then turns d(cumulative decay) into dgk by a
+    reverse cumulative sum over the chunk plus the gradient of the chunk's last cumulative decay.
+
+    DA = dL/d(A_qk) with the scale folded in (lower triangle incl. diagonal); for the delta rule DL =
+    dL/d(L_kk) with beta folded in (strict lower triangle). Pair (x, y, dP) contributes
+    dx_i = sum_j dP_ij y_j e^{b_i - b_j}, dy_j = sum_i dP_ij x_i e^{b_i - b_j},
+    db_i += x_i dx_i - y_i dy_i."""
+    NC: tl.constexpr = BT // BC
+    i_t = tl.program_id(0)
+    i_bh = tl.program_id(1)
+    i_b = i_bh // H
+    i_h = i_bh % H
+    NT = tl.cdiv(T, BT)
+    base = i_b.to(tl.int64) * T * H + i_h
+    mat = i_bh.to(tl.int64) * T  # row of (bh, t=0) in the [B*H, T, BT] matrices
+    t0 = i_t * BT
+    o_k = tl.arange(0, BK)
+    m_k = o_k < K
+    o_c = tl.arange(0, BC)
+    o_bt = tl.arange(0, BT)
+    rows_all = t0 + o_bt
+    m_all = rows_all < T
+    m_allk = m_all[:, None] & m_k[None, :]
+    p_all = (base + rows_all * H)[:, None] * K + o_k[None, :]
+    q_all = tl.load(Q + p_all, mask=m_allk, other=0.0).to(tl.float32)  # [BT, BK]
+    k_all = tl.load(Kp + p_all, mask=m_allk, other=0.0).to(tl.float32)
+    g_all = tl.load(GC + p_all, mask=m_allk, other=0.0)
+    d_last = tl.load(DLAST + (i_bh.to(tl.int64) * NT + i_t) * K + o_k, mask=m_k, other=0.0)  # [BK]
+    carry = tl.zeros([BK], dtype=tl.float32)  # sum of db over the later sub-chunks
+    for ii in tl.static_range(NC):
+        I = NC - 1 - ii  # later sub-chunks first, for the reverse cumulative sum
+        c0 = I * BC  # first column of the sub-chunk inside the chunk
+        i0 = t0 + c0
+        o_i = i0 + o_c
+        m_i = o_i < T
+        m_ik = m_i[:, None] & m_k[None, :]
+        p_i = (base + o_i * H)[:, None] * K + o_k[None, :]
+        b_q = tl.load(Q + p_i, mask=m_ik, other=0.0).to(tl.float32)  # [BC, BK]
+        b_k = tl.load(Kp + p_i, mask=m_ik, other=0.0).to(tl.float32)
+        b_g = tl.load(GC + p_i, mask=m_ik, other=0.0)
+        # row role: columns before the sub-chunk, through the decay at row i0
+        r = tl.minimum(i0, T - 1)
+        g_r = tl.load(GC + (base + r * H) * K + o_k, mask=m_k, other=0.0)
+        m_before = ((o_bt < c0) & m_all)[:, None] & m_k[None, :]
+        b_kb = tl.where(m_before, k_all * tl.exp(tl.where(m_before, g_r[None, :] - g_all, 0.0)), 0.0)
+        e_i = tl.exp(tl.where(m_ik, b_g - g_r[None, :], 0.0))
+        m_row_before = m_i[:, None] & (o_bt < c0)[None, :]
+        p_rows = (mat + o_i)[:, None] * BT + o_bt[None, :]
+        b_da = tl.load(DA + p_rows, mask=m_row_before, other=0.0)  # [BC, BT]
+        b_dq = _dot(b_da, b_kb, IEEE) * e_i  # [BC, BK]
+        b_dkx = tl.zeros([BC, BK], dtype=tl.float32)
+        b_dky = tl.zeros([BC, BK], dtype=tl.float32)
+        if DELTA:
+            b_dl = tl.load(DL + p_rows, mask=m_row_before, other=0.0)
+            b_dkx = _dot(b_dl, b_kb, IEEE) * e_i
+        # column role: rows after the sub-chunk, through the decay at its last row
+        r2 = tl.minimum(i0 + BC - 1, T - 1)
+        g_r2 = tl.load(GC + (base + r2 * H) * K + o_k, mask=m_k, other=0.0)
+        m_after = ((o_bt >= c0 + BC) & m_all)[:, None] & m_k[None, :]
+        e_after = tl.exp(tl.where(m_after, g_all - g_r2[None, :], 0.0))
+        b_qa = tl.where(m_after, q_all * e_after, 0.0)  # [BT, BK]
+        e_c = tl.exp(tl.where(m_ik, g_r2[None, :] - b_g, 0.0))
+        m_col_after = ((o_bt >= c0 + BC) & m_all)[:, None] & (o_c >= 0)[None, :]
+        p_cols = (mat + rows_all)[:, None] * BT + (c0 + o_c)[None, :]
+        b_dac = tl.load(DA + p_cols, mask=m_col_after, other=0.0)  # [BT, BC]
+        b_dka = _dot(tl.trans(b_dac), b_qa, IEEE) * e_c  # [BC, BK]
+        if DELTA:
+            b_ka = tl.where(m_after, k_all * e_after, 0.0)
+            b_dlc = tl.load(DL + p_cols, mask=m_col_after, other=0.0)
+            b_dky = _dot(tl.trans(b_dlc), b_ka, IEEE) * e_c
+        # diagonal block, one token j of the sub-chunk at a time
+        for jj in range(0, BC):
+            j = i0 + jj
+            # validity of token j as blocks (a block-by-scalar `&` yields int32 under the interpreter)
+            vj_k = (o_k * 0 + j) < T  # [BK]
+            vj_c = (o_c * 0 + j) < T  # [BC]
+            m_row = m_k & vj_k
+            p_row = (base + j * H) * K + o_k
+            q_j = tl.load(Q + p_row, mask=m_row, other=0.0).to(tl.float32)  # [BK]
+            k_j = tl.load(Kp + p_row, mask=m_row, other=0.0).to(tl.float32)
+            g_j = tl.load(GC + p_row, mask=m_row, other=0.0)
+            # token j as a column: rows i >= j of the sub-chunk
+            m_lo = (o_c >= jj)[:, None] & m_ik
+            e_lo = tl.exp(tl.where(m_lo, b_g - g_j[None, :], 0.0))  # [BC, BK]
+            p_col = (mat + o_i) * BT + c0 + jj
+            da_col = tl.load(DA + p_col, mask=m_i & (o_c >= jj), other=0.0)  # [BC]
+            b_dq += da_col[:, None] * k_j[None, :] * e_lo
+            # token j as a row: columns c <= j of the sub-chunk
+            m_up = ((o_c <= jj) & vj_c)[:, None] & m_ik
+            e_up = tl.exp(tl.where(m_up, g_j[None, :] - b_g, 0.0))
+            p_row_a = (mat + j) * BT + c0 + o_c
+            da_row = tl.load(DA + p_row_a, mask=(o_c <= jj) & vj_c, other=0.0)  # [BC]
+            b_dka += da_row[:, None] * q_j[None, :] * e_up
+            if DELTA:
+                dl_col = tl.load(DL + p_col, mask=m_i & (o_c > jj), other=0.0)
+                b_dkx += dl_col[:, None] * k_j[None, :] * e_lo
+                dl_row = tl.load(DL + p_row_a, mask=(o_c < jj) & vj_c, other=0.0)
+                b_dky += dl_row[:, None] * k_j[None, :] * e_up
+        b_dq_tot = tl.load(DQP + p_i, mask=m_ik, other=0.0) + b_dq
+        b_dk_tot = tl.load(DKP + p_i, mask=m_ik, other=0.0) + b_dka + b_dkx + b_dky
+        b_db = tl.load(DBP + p_i, mask=m_ik, other=0.0) + b_q * b_dq - b_k * b_dka + b_k * (b_dkx - b_dky)
+        b_dg = tl.cumsum(b_db, axis=0, reverse=True) + (carry + d_last)[None, :]
+        carry += tl.sum(b_db, axis=0)
+        tl.store(DQ + p_i, b_dq_tot.to(DQ.dtype.element_ty), mask=m_ik)
+        tl.store(DK + p_i, b_dk_tot.to(DK.dtype.element_ty), mask=m_ik)
+        tl.store(DG + p_i, b_dg.to(DG.dtype.element_ty), mask=m_ik)
+
+
+def chunk_pair_bwd(
+    q: torch.Tensor, k: torch.Tensor, gcum: torch.Tensor, da: torch.Tensor, dl: torch.Tensor | None,
+    dqp: torch.Tensor, dkp: torch.Tensor, dbp: torch.Tensor, dlast: torch.Tensor, cfg: ChunkConfig,
+    g_dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Final (dq, dk, dgk) for a per-channel decay."""
+    dq = torch.empty_like(q)
+    dk = torch.empty_like(k)
+    dg = torch.empty(gcum.shape, dtype=g_dtype, device=q.device)
+    chunk_pair_bwd_kernel[(cfg.NT, cfg.B * cfg.H)](
+        q, k, gcum, da, dl if dl is not None else da, dqp, dkp, dbp, dlast, dq, dk, dg, cfg.T,
+        H=cfg.H, K=cfg.K, BT=CHUNK, BC=SUBCHUNK, BK=cfg.BK, DELTA=dl is not None, IEEE=cfg.ieee,
+        num_warps=4,
+    )
+    return dq, dk, dg

@@ -1,0 +1,393 @@
+"""Triton gated delta rule:
+S' = diag(alpha_t) S_{t-1};  S_t = S' + beta_t k_t (v_t - S'^T k_t)^T;  o_t = scale * S_t^T q_t.
+
+Chunked with the WY / UT transform. Inside a chunk with entering state h and cumulative log decay b:
+  L[i, j] = beta_i sum_k k_ik k_jk e^{b_ik - b_jk} (j < i),   M = (I + L)^{-1}   (forward substitution)
+  W = M (beta k e^b),  U0 = M (beta v),  U = U0 - W h          (pseudo-values, U depends on h)
+  o = scale (q e^b) h + scale A U,  A[i, j] = sum_k q_ik k_jk e^{b_ik - b_jk} (j <= i)
+  h_out = e^{b_last} h + (k e^{b_last - b})^T U
+so after the WY step the chunk is gated linear attention with values U. Forward and backward run in a
+torch.autograd.Function (gradients for q, k, v, beta, g / gk, initial_state); states are float32.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from hybridnas.kernels.triton_common import (
+    CHUNK,
+    DECAY_CHANNEL,
+    DECAY_NONE,
+    ChunkConfig,
+    _dot,
+    chunk_bwd_dh,
+    chunk_fwd_h,
+    chunk_fwd_o,
+    chunk_local_cumsum,
+    chunk_pair_bwd,
+    chunk_pair_fwd,
+    decay_mode,
+    make_config,
+)
+from hybridnas.kernels.triton_gla import check_step_inputs
+
+__all__ = [
+    "triton_gated_delta_rule",
+    "triton_gated_delta_rule_step",
+]
+
+
+@triton.jit
+def delta_wy_kernel(
+    Kp, Vp, BETA, GC, AKK, M, W, U0, T,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+    BV: tl.constexpr, NV: tl.constexpr, DECAY: tl.constexpr, IEEE: tl.constexpr,
+):
+    """One chunk: M = (I + L)^{-1}, W = M (beta k e^b), U0 = M (beta v)."""
+    i_t = tl.program_id(0)
+    i_bh = tl.program_id(1)
+    i_b = i_bh // H
+    i_h = i_bh % H
+    base = i_b.to(tl.int64) * T * H + i_h
+    o_bt = tl.arange(0, BT)
+    rows = i_t * BT + o_bt
+    m_t = rows < T
+    tok = base + rows * H
+    o_k = tl.arange(0, BK)
+    m_k = o_k < K
+    m_tk = m_t[:, None] & m_k[None, :]
+    p_tk = tok[:, None] * K + o_k[None, :]
+    p_mat = (i_bh.to(tl.int64) * T + rows)[:, None] * BT + o_bt[None, :]
+    strict = (o_bt[:, None] > o_bt[None, :]) & m_t[:, None]
+    b_k = tl.load(Kp + p_tk, mask=m_tk, other=0.0).to(tl.float32)  # [BT, BK]
+    b_beta = tl.load(BETA + tok, mask=m_t, other=0.0).to(tl.float32)  # [BT]
+    if DECAY == 2:
+        b_l = tl.load(AKK + p_mat, mask=m_t[:, None], other=0.0)
+        b_kb = b_k * tl.exp(tl.load(GC + p_tk, mask=m_tk, other=0.0))
+    else:
+        b_l = _dot(b_k, tl.trans(b_k), IEEE)
+        if DECAY == 1:
+            b_g = tl.load(GC + tok, mask=m_t, other=0.0)
+            b_l = b_l * tl.exp(tl.where(strict, b_g[:, None] - b_g[None, :], 0.0))
+            b_kb = b_k * tl.exp(b_g)[:, None]
+        else:
+            b_kb = b_k
+        b_l = tl.where(strict, b_l, 0.0)
+    b_l = b_l * b_beta[:, None]
+    # forward substitution, one row at a time: M_i = e_i - sum_{j<i} L_ij M_j
+    b_m = tl.where(o_bt[:, None] == o_bt[None, :], 1.0, 0.0)
+    for i in range(1, BT):
+        l_i = tl.sum(tl.where(o_bt[:, None] == i, b_l, 0.0), axis=0)  # [BT] row i of L
+        m_i = tl.sum(l_i[:, None] * b_m, axis=0)  # [BT]
+        b_m = tl.where(o_bt[:, None] == i, b_m - m_i[None, :], b_m)
+    tl.store(M + p_mat, b_m, mask=m_t[:, None])
+    tl.store(W + p_tk, _dot(b_m, b_kb * b_beta[:, None], IEEE), mask=m_tk)
+    for i_v in range(0, NV):
+        o_v = i_v * BV + tl.arange(0, BV)
+        m_tv = m_t[:, None] & (o_v < V)[None, :]
+        p_tv = tok[:, None] * V + o_v[None, :]
+        b_v = tl.load(Vp + p_tv, mask=m_tv, other=0.0).to(tl.float32)
+        tl.store(U0 + p_tv, _dot(b_m, b_v * b_beta[:, None], IEEE), mask=m_tv)
+
+
+@triton.jit
+def delta_bwd_kernel(
+    Q, Kp, Vp, BETA, GC, AQK, AKK, M, U, DU, HS, DHS, DO,
+    DQ, DK, DV, DBETA, DG, DA, DL, DBP, DLAST, scale, T,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+    BV: tl.constexpr, NV: tl.constexpr, DECAY: tl.constexpr, IEEE: tl.constexpr,
+):
+    """One chunk: dv and dbeta (final), dq, dk, dg (final for no / per-head decay; partials plus
+    the pair-matrix gradients for a per-channel decay, finished by chunk_pair_bwd)."""
+    i_t = tl.program_id(0)
+    i_bh = tl.program_id(1)
+    i_b = i_bh // H
+    i_h = i_bh % H
+    NT = tl.cdiv(T, BT)
+    base = i_b.to(tl.int64) * T * H + i_h
+    o_bt = tl.arange(0, BT)
+    rows = i_t * BT + o_bt
+    m_t = rows < T
+    tok = base + rows * H
+    o_k = tl.arange(0, BK)
+    m_k = o_k < K
+    m_tk = m_t[:, None] & m_k[None, :]
+    p_tk = tok[:, None] * K + o_k[None, :]
+    p_mat = (i_bh.to(tl.int64) * T + rows)[:, None] * BT + o_bt[None, :]
+    causal = (o_bt[:, None] >= o_bt[None, :]) & m_t[:, None]
+    strict = (o_bt[:, None] > o_bt[None, :]) & m_t[:, None]
+    b_q = tl.load(Q + p_tk, mask=m_tk, other=0.0).to(tl.float32)  # [BT, BK]
+    b_k = tl.load(Kp + p_tk, mask=m_tk, other=0.0).to(tl.float32)  # [BT, BK]
+    b_beta = tl.load(BETA + tok, mask=m_t, other=0.0).to(tl.float32)  # [BT]
+    last = base + (tl.minimum(T, i_t * BT + BT) - 1) * H
+    if DECAY == 0:
+        b_qk = _dot(b_q, tl.trans(b_k), IEEE)
+        b_kk = _dot(b_k, tl.trans(b_k), IEEE)
+        b_a = tl.where(causal, b_qk, 0.0)
+        b_lraw = tl.where(strict, b_kk, 0.0)
+        b_kb = b_k  # k e^b
+        b_kr = b_k  # k e^{b_last - b}
+    elif DECAY == 1:
+        b_g = tl.load(GC + tok, mask=m_t, other=0.0)  # [BT]
+        g_last = tl.load(GC + last)
+        e_pair = tl.exp(tl.where(causal, b_g[:, None] - b_g[None, :], 0.0))  # [BT, BT]
+        b_a = tl.where(causal, _dot(b_q, tl.trans(b_k), IEEE) * e_pair, 0.0)
+        b_lraw = tl.where(strict, _dot(b_k, tl.trans(b_k), IEEE) * e_pair, 0.0)
+        e_q = tl.exp(b_g)[:, None]
+        e_k = tl.exp(tl.where(m_t, g_last - b_g, 0.0))[:, None]
+        b_kb = b_k * e_q
+        b_kr = b_k * e_k
+    else:
+        b_g = tl.load(GC + p_tk, mask=m_tk, other=0.0)  # [BT, BK]
+        g_last = tl.load(GC + last * K + o_k, mask=m_k, other=0.0)  # [BK]
+        b_a = tl.load(AQK + p_mat, mask=m_t[:, None], other=0.0)
+        b_lraw = tl.load(AKK + p_mat, mask=m_t[:, None], other=0.0)
+        e_q = tl.exp(b_g)
+        e_k = tl.exp(tl.where(m_tk, g_last[None, :] - b_g, 0.0))
+        b_kb = b_k * e_q
+        b_kr = b_k * e_k
+    b_m = tl.load(M + p_mat, mask=m_t[:, None], other=0.0)  # [BT, BT] (I + L)^{-1}
+    b_da = tl.zeros([BT, BT], dtype=tl.float32)  # do U^T
+    b_dm = tl.zeros([BT, BT], dtype=tl.float32)  # gradient of M
+    b_dq = tl.zeros([BT, BK], dtype=tl.float32)  # do h^T
+    b_dkr = tl.zeros([BT, BK], dtype=tl.float32)  # U dh_out^T
+    b_dw = tl.zeros([BT, BK], dtype=tl.float32)  # gradient of W = -dU h^T
+    b_hdh = tl.zeros([BK], dtype=tl.float32)  # sum_v h * dh_out
+    b_dbeta = tl.zeros([BT], dtype=tl.float32)
+    p_state = (i_bh.to(tl.int64) * NT + i_t) * K * V
+    for i_v in range(0, NV):
+        o_v = i_v * BV + tl.arange(0, BV)
+        m_v = o_v < V
+        m_tv = m_t[:, None] & m_v[None, :]
+        m_kv = m_k[:, None] & m_v[None, :]
+        p_tv = tok[:, None] * V + o_v[None, :]
+        p_kv = p_state + o_k[:, None] * V + o_v[None, :]
+        b_v = tl.load(Vp + p_tv, mask=m_tv, other=0.0).to(tl.float32)  # [BT, BV]
+        b_do = tl.load(DO + p_tv, mask=m_tv, other=0.0).to(tl.float32)
+        b_u = tl.load(U + p_tv, mask=m_tv, other=0.0)
+        b_du = tl.load(DU + p_tv, mask=m_tv, other=0.0)
+        b_h = tl.load(HS + p_kv, mask=m_kv, other=0.0)  # [BK, BV]
+        b_dh = tl.load(DHS + p_kv, mask=m_kv, other=0.0)
+        b_da += _dot(b_do, tl.trans(b_u), IEEE)
+        b_dq += _dot(b_do, tl.trans(b_h), IEEE)
+        b_dkr += _dot(b_u, tl.trans(b_dh), IEEE)
+        b_dw -= _dot(b_du, tl.trans(b_h), IEEE)
+        if DECAY != 0:
+            b_hdh += tl.sum(b_h * b_dh, axis=1)
+        # U0 = M (beta v): gradient of (beta v) is M^T dU
+        b_dbv = _dot(tl.trans(b_m), b_du, IEEE)  # [BT, BV]
+        tl.store(DV + p_tv, (b_dbv * b_beta[:, None]).to(DV.dtype.element_ty), mask=m_tv)
+        b_dbeta += tl.sum(b_dbv * b_v, axis=1)
+        b_dm += _dot(b_du, tl.trans(b_v * b_beta[:, None]), IEEE)
+    # W = M (beta k e^b)
+    b_dm += _dot(b_dw, tl.trans(b_kb * b_beta[:, None]), IEEE)
+    b_dbkb = _dot(tl.trans(b_m), b_dw, IEEE)  # gradient of beta k e^b, [BT, BK]
+    b_dbeta += tl.sum(b_dbkb * b_kb, axis=1)
+    b_dkw = b_dbkb * b_beta[:, None]  # gradient of k e^b
+    if DECAY != 0:
+        b_dkw = b_dkw * e_q
+    # M = (I + L)^{-1}: dL = -M^T dM M^T on the strict lower triangle
+    b_dl = -_dot(_dot(tl.trans(b_m), b_dm, IEEE), tl.trans(b_m), IEEE)
+    b_dl = tl.where(strict, b_dl, 0.0)
+    b_dbeta += tl.sum(b_dl * b_lraw, axis=1)
+    tl.store(DBETA + tok, b_dbeta.to(DBETA.dtype.element_ty), mask=m_t)
+    b_dl = b_dl * b_beta[:, None]  # gradient of the beta-free pair matrix
+    b_da = tl.where(causal, b_da * scale, 0.0)  # gradient of the unscaled A, times scale
+    b_dq = b_dq * scale
+    if DECAY == 0:
+        b_dq += _dot(b_da, b_k, IEEE)
+        b_dk = b_dkw + b_dkr + _dot(tl.trans(b_da), b_q, IEEE)
+        b_dk += _dot(b_dl, b_k, IEEE) + _dot(tl.trans(b_dl), b_k, IEEE)
+        tl.store(DQ + p_tk, b_dq.to(DQ.dtype.element_ty), mask=m_tk)
+        tl.store(DK + p_tk, b_dk.to(DK.dtype.element_ty), mask=m_tk)
+    elif DECAY == 1:
+        b_dq = b_dq * e_q
+        b_dkr = b_dkr * e_k
+        d_last = tl.exp(g_last) * tl.sum(b_hdh, axis=0) + tl.sum(tl.sum(b_k * b_dkr, axis=1), axis=0)
+        b_dae = b_da * e_pair
+        b_dle = b_dl * e_pair
+        b_dq += _dot(b_dae, b_k, IEEE)
+        b_dka = _dot(tl.trans(b_dae), b_q, IEEE)
+        b_dkx = _dot(b_dle, b_k, IEEE)
+        b_dky = _dot(tl.trans(b_dle), b_k, IEEE)
+        b_dk = b_dkw + b_dkr + b_dka + b_dkx + b_dky
+        b_db = tl.sum(b_q * b_dq + b_k * (b_dkx - b_dky - b_dka + b_dkw - b_dkr), axis=1)  # [BT]
+        b_dg = tl.cumsum(b_db, axis=0, reverse=True) + d_last
+        tl.store(DQ + p_tk, b_dq.to(DQ.dtype.element_ty), mask=m_tk)
+        tl.store(DK + p_tk, b_dk.to(DK.dtype.element_ty), mask=m_tk)
+        tl.store(DG + tok, b_dg.to(DG.dtype.element_ty), mask=m_t)
+    else:
+        b_dq = b_dq * e_q
+        b_dkr = b_dkr * e_k
+        d_last = tl.exp(g_last) * b_hdh + tl.sum(b_k * b_dkr, axis=0)  # [BK]
+        tl.store(DQ + p_tk, b_dq, mask=m_tk)
+        tl.store(DK + p_tk, b_dkw + b_dkr, mask=m_tk)
+        tl.store(DBP + p_tk, b_q * b_dq + b_k * (b_dkw - b_dkr), mask=m_tk)
+        tl.store(DA + p_mat, b_da, mask=m_t[:, None])
+        tl.store(DL + p_mat, b_dl, mask=m_t[:, None])
+        tl.store(DLAST + (i_bh.to(tl.int64) * NT + i_t) * K + o_k, d_last, mask=m_k)
+
+
+def _forward(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, decay: torch.Tensor | None,
+    initial_state: torch.Tensor | None, cfg: ChunkConfig,
+) -> dict[str, torch.Tensor | None]:
+    """Chunk quantities shared by forward and backward (all float32)."""
+    f32 = dict(dtype=torch.float32, device=q.device)
+    gcum = chunk_local_cumsum(decay, cfg) if decay is not None else None
+    aqk = akk = None
+    if cfg.decay == DECAY_CHANNEL:
+        aqk, akk = chunk_pair_fwd(q, k, gcum, cfg, delta=True)
+    m = torch.empty(cfg.B * cfg.H, cfg.T, CHUNK, **f32)
+    w = torch.empty(cfg.B, cfg.T, cfg.H, cfg.K, **f32)
+    u0 = torch.empty(cfg.B, cfg.T, cfg.H, cfg.V, **f32)
+    dummy = m
+    delta_wy_kernel[(cfg.NT, cfg.B * cfg.H)](
+        k, v, beta, gcum if gcum is not None else dummy, akk if akk is not None else dummy,
+        m, w, u0, cfg.T,
+        H=cfg.H, K=cfg.K, V=cfg.V, BT=CHUNK, BK=cfg.BK, BV=cfg.BV, NV=cfg.NV, DECAY=cfg.decay,
+        IEEE=cfg.ieee, num_warps=4,
+    )
+    hs, ht, u = chunk_fwd_h(k, None, gcum, initial_state, cfg, w=w, u0=u0)
+    return dict(gcum=gcum, aqk=aqk, akk=akk, m=m, w=w, hs=hs, ht=ht, u=u)
+
+
+class _ChunkDeltaFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, beta, decay, scale, initial_state, mode):  # type: ignore[override]
+        cfg = make_config(q, k, v, decay if mode == 1 else None, decay if mode == 2 else None, beta,
+                          initial_state)
+        fw = _forward(q, k, v, beta, decay, initial_state, cfg)
+        o = chunk_fwd_o(q, k, fw["u"], fw["gcum"], fw["aqk"], fw["hs"], scale, cfg, q.dtype)
+        ctx.save_for_backward(q, k, v, beta, decay, initial_state)
+        ctx.cfg = cfg
+        ctx.scale = scale
+        return o, fw["ht"]
+
+    @staticmethod
+    def backward(ctx, do, dht):  # type: ignore[override]
+        q, k, v, beta, decay, initial_state = ctx.saved_tensors
+        cfg: ChunkConfig = ctx.cfg
+        scale: float = ctx.scale
+        do = do.contiguous()
+        dht = dht.contiguous() if dht is not None else None
+        fw = _forward(q, k, v, beta, decay, initial_state, cfg)
+        gcum, aqk = fw["gcum"], fw["aqk"]
+        dhs, dh0, du = chunk_bwd_dh(q, k, gcum, aqk, do, dht, initial_state, scale, cfg, w=fw["w"])
+        dv = torch.empty_like(v)
+        dbeta = torch.empty_like(beta)
+        dummy = dhs
+        f32 = dict(dtype=torch.float32, device=q.device)
+        if cfg.decay == DECAY_CHANNEL:
+            dq = torch.empty(q.shape, **f32)  # partials, finished by chunk_pair_bwd
+            dk = torch.empty(k.shape, **f32)
+            dbp = torch.empty(k.shape, **f32)
+            da = torch.empty(cfg.B * cfg.H, cfg.T, CHUNK, **f32)
+            dl = torch.empty(cfg.B * cfg.H, cfg.T, CHUNK, **f32)
+            dlast = torch.empty(cfg.B * cfg.H, cfg.NT, cfg.K, **f32)
+            dg = dummy
+        else:
+            dq, dk = torch.empty_like(q), torch.empty_like(k)
+            dg = torch.empty_like(decay) if decay is not None else dummy
+            dbp = da = dl = dlast = dummy
+        delta_bwd_kernel[(cfg.NT, cfg.B * cfg.H)](
+            q, k, v, beta, gcum if gcum is not None else dummy, aqk if aqk is not None else dummy,
+            fw["akk"] if fw["akk"] is not None else dummy, fw["m"], fw["u"], du, fw["hs"], dhs, do,
+            dq, dk, dv, dbeta, dg, da, dl, dbp, dlast, scale, cfg.T,
+            H=cfg.H, K=cfg.K, V=cfg.V, BT=CHUNK, BK=cfg.BK, BV=cfg.BV, NV=cfg.NV, DECAY=cfg.decay,
+            IEEE=cfg.ieee, num_warps=8, num_stages=2,
+        )
+        if cfg.decay == DECAY_CHANNEL:
+            dq, dk, dg = chunk_pair_bwd(q, k, gcum, da, dl, dq, dk, dbp, dlast, cfg, decay.dtype)
+        if cfg.decay == DECAY_NONE:
+            dg = None
+        return dq, dk, dv, dbeta, dg, None, dh0, None
+
+
+def triton_gated_delta_rule(
+    q: torch.Tensor,  # [B, T, H, K]
+    k: torch.Tensor,  # [B, T, H, K]
+    v: torch.Tensor,  # [B, T, H, V]
+    beta: torch.Tensor,  # [B, T, H]
+    g: torch.Tensor | None = None,  # [B, T, H] log decay per head (<= 0)
+    gk: torch.Tensor | None = None,  # [B, T, H, K] log decay per key channel (<= 0)
+    scale: float | None = None,
+    initial_state: torch.Tensor | None = None,  # [B, H, K, V]
+    output_final_state: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Chunked gated delta rule; returns (o [B, T, H, V] in q's dtype, final state [B, H, K, V]
+    float32 or None). Differentiable w.r.t. q, k, v, beta, g / gk and initial_state.
+
+    Keys are expected L2-normalised and beta in [0, 1] (as in DeltaNet); the intra-chunk inverse
+    (I + L)^{-1} is then well conditioned."""
+    mode, decay = decay_mode(g, gk)
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    q, k, v, beta = q.contiguous(), k.contiguous(), v.contiguous(), beta.contiguous()
+    decay = decay.contiguous() if decay is not None else None
+    initial_state = initial_state.contiguous() if initial_state is not None else None
+    o, ht = _ChunkDeltaFunction.apply(q, k, v, beta, decay, scale, initial_state, mode)
+    return o, (ht if output_final_state else None)
+
+
+# --------------------------------------------------------------------------------------------------
+# decode step
+
+
+@triton.jit
+def delta_step_kernel(
+    Q, Kp, Vp, BETA, G, S, O, SN, scale,
+    K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DECAY: tl.constexpr,
+):
+    """One token for one (value block, batch*head): S' = alpha S; S = S' + beta k (v - S'^T k)^T."""
+    i_v = tl.program_id(0)
+    i_bh = tl.program_id(1).to(tl.int64)
+    o_k = tl.arange(0, BK)
+    m_k = o_k < K
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_v = o_v < V
+    m_kv = m_k[:, None] & m_v[None, :]
+    p_kv = i_bh * K * V + o_k[:, None] * V + o_v[None, :]
+    b_s = tl.load(S + p_kv, mask=m_kv, other=0.0).to(tl.float32)  # [BK, BV]
+    b_q = tl.load(Q + i_bh * K + o_k, mask=m_k, other=0.0).to(tl.float32)
+    b_k = tl.load(Kp + i_bh * K + o_k, mask=m_k, other=0.0).to(tl.float32)
+    b_v = tl.load(Vp + i_bh * V + o_v, mask=m_v, other=0.0).to(tl.float32)
+    b_beta = tl.load(BETA + i_bh).to(tl.float32)
+    if DECAY == 1:
+        b_s = b_s * tl.exp(tl.load(G + i_bh).to(tl.float32))
+    elif DECAY == 2:
+        b_s = b_s * tl.exp(tl.load(G + i_bh * K + o_k, mask=m_k, other=0.0).to(tl.float32))[:, None]
+    b_u = b_beta * (b_v - tl.sum(b_s * b_k[:, None], axis=0))  # [BV]
+    b_s += b_k[:, None] * b_u[None, :]
+    b_o = scale * tl.sum(b_s * b_q[:, None], axis=0)
+    tl.store(SN + p_kv, b_s.to(SN.dtype.element_ty), mask=m_kv)
+    tl.store(O + i_bh * V + o_v, b_o.to(O.dtype.element_ty), mask=m_v)
+
+
+def triton_gated_delta_rule_step(
+    q: torch.Tensor,  # [B, H, K]
+    k: torch.Tensor,  # [B, H, K]
+    v: torch.Tensor,  # [B, H, V]
+    beta: torch.Tensor,  # [B, H]
+    state: torch.Tensor,  # [B, H, K, V]
+    g: torch.Tensor | None = None,  # [B, H]
+    gk: torch.Tensor | None = None,  # [B, H, K]
+    scale: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One decode token: (o [B, H, V] in q's dtype, new state in the state's dtype). Inference only."""
+    mode, decay = check_step_inputs(q, k, v, state, g, gk, beta)
+    B, H, K = q.shape
+    V = v.shape[-1]
+    scale = K**-0.5 if scale is None else float(scale)
+    q, k, v, beta, state = q.contiguous(), k.contiguous(), v.contiguous(), beta.contiguous(), state.contiguous()
+    decay = decay.contiguous() if decay is not None else state
+    o = torch.empty(B, H, V, dtype=q.dtype, device=q.device)
+    new_state = torch.empty_like(state)
+    BK = max(16, triton.next_power_of_2(K))
+    BV = min(64, max(16, triton.next_power_of_2(V)))
+    delta_step_kernel[(triton.cdiv(V, BV), B * H)](
+        q, k, v, beta, decay, state, o, new_state, scale, K=K, V=V, BK=BK, BV=BV, DECAY=mode,
+        num_warps=4,
+    )
+    return o, new_state

@@ -1,0 +1,310 @@
+"""Triton gated linear attention: S_t = diag(alpha_t) S_{t-1} + k_t v_t^T, o_t = scale * S_t^T q_t.
+
+Chunked forward (per chunk of 64 tokens: intra-chunk attention with tl.dot, inter-chunk state
+passing) and backward in a torch.autograd.Function; a one-token decode step. Decays come in log space:
+`g` per head [B, T, H] or `gk` per key channel [B, T, H, K] (or neither). States are float32.
+
+Forward:  cumsum(decay) -> [per-channel: pair matrix A] -> fwd_h (sequential) -> fwd_o (parallel).
+Backward: recompute the forward states, bwd_dh (sequential, reverse) -> bwd main (parallel: dv, and
+dq, dk, dg for no/per-head decay) -> [per-channel: pair bwd for the intra-chunk part and dgk].
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from hybridnas.kernels.triton_common import (
+    CHUNK,
+    DECAY_CHANNEL,
+    DECAY_NONE,
+    ChunkConfig,
+    _dot,
+    check_device,
+    chunk_bwd_dh,
+    chunk_fwd_h,
+    chunk_fwd_o,
+    chunk_local_cumsum,
+    chunk_pair_bwd,
+    chunk_pair_fwd,
+    decay_mode,
+    make_config,
+)
+
+__all__ = [
+    "triton_gated_linear_attention",
+    "triton_gated_linear_attention_step",
+]
+
+
+@triton.jit
+def gla_bwd_kernel(
+    Q, Kp, Vp, GC, AQK, HS, DHS, DO, DQ, DK, DV, DG, DA, DBP, DLAST, scale, T,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+    BV: tl.constexpr, NV: tl.constexpr, DECAY: tl.constexpr, IEEE: tl.constexpr,
+):
+    """One chunk: dv (final), and dq, dk, dg (final for no / per-head decay; for a per-channel decay
+    the inter-chunk parts of dq, dk and d(cumulative decay) go to DQ, DK, DBP as float32 partials,
+    scale * dA to DA and the last-row decay gradient to DLAST, for chunk_pair_bwd to finish)."""
+    i_t = tl.program_id(0)
+    i_bh = tl.program_id(1)
+    i_b = i_bh // H
+    i_h = i_bh % H
+    NT = tl.cdiv(T, BT)
+    base = i_b.to(tl.int64) * T * H + i_h
+    o_bt = tl.arange(0, BT)
+    rows = i_t * BT + o_bt
+    m_t = rows < T
+    tok = base + rows * H
+    o_k = tl.arange(0, BK)
+    m_k = o_k < K
+    m_tk = m_t[:, None] & m_k[None, :]
+    p_tk = tok[:, None] * K + o_k[None, :]
+    causal = (o_bt[:, None] >= o_bt[None, :]) & m_t[:, None]
+    b_q = tl.load(Q + p_tk, mask=m_tk, other=0.0).to(tl.float32)  # [BT, BK]
+    b_k = tl.load(Kp + p_tk, mask=m_tk, other=0.0).to(tl.float32)  # [BT, BK]
+    last = base + (tl.minimum(T, i_t * BT + BT) - 1) * H
+    # decay factors: e_q = exp(b) for q, e_k = exp(b_last - b) for k
+    if DECAY == 0:
+        b_a = tl.where(causal, _dot(b_q, tl.trans(b_k), IEEE), 0.0)
+        b_kr = b_k
+    elif DECAY == 1:
+        b_g = tl.load(GC + tok, mask=m_t, other=0.0)  # [BT]
+        g_last = tl.load(GC + last)
+        e_pair = tl.exp(tl.where(causal, b_g[:, None] - b_g[None, :], 0.0))  # [BT, BT]
+        b_a = tl.where(causal, _dot(b_q, tl.trans(b_k), IEEE) * e_pair, 0.0)
+        e_q = tl.exp(b_g)[:, None]
+        e_k = tl.exp(tl.where(m_t, g_last - b_g, 0.0))[:, None]
+        b_kr = b_k * e_k
+    else:
+        b_g = tl.load(GC + p_tk, mask=m_tk, other=0.0)  # [BT, BK]
+        g_last = tl.load(GC + last * K + o_k, mask=m_k, other=0.0)  # [BK]
+        b_a = tl.load(AQK + (i_bh.to(tl.int64) * T + rows)[:, None] * BT + o_bt[None, :],
+                      mask=m_t[:, None], other=0.0)
+        e_q = tl.exp(b_g)
+        e_k = tl.exp(tl.where(m_tk, g_last[None, :] - b_g, 0.0))
+        b_kr = b_k * e_k
+    b_a = b_a * scale
+    b_da = tl.zeros([BT, BT], dtype=tl.float32)
+    b_dq = tl.zeros([BT, BK], dtype=tl.float32)  # do h^T
+    b_dk = tl.zeros([BT, BK], dtype=tl.float32)  # v dh_out^T
+    b_hdh = tl.zeros([BK], dtype=tl.float32)  # sum_v h * dh_out (gradient of exp(b_last))
+    p_state = (i_bh.to(tl.int64) * NT + i_t) * K * V
+    for i_v in range(0, NV):
+        o_v = i_v * BV + tl.arange(0, BV)
+        m_v = o_v < V
+        m_tv = m_t[:, None] & m_v[None, :]
+        m_kv = m_k[:, None] & m_v[None, :]
+        p_tv = tok[:, None] * V + o_v[None, :]
+        b_v = tl.load(Vp + p_tv, mask=m_tv, other=0.0).to(tl.float32)  # [BT, BV]
+        b_do = tl.load(DO + p_tv, mask=m_tv, other=0.0).to(tl.float32)  # [BT, BV]
+        p_kv = p_state + o_k[:, None] * V + o_v[None, :]
+        b_h = tl.load(HS + p_kv, mask=m_kv, other=0.0)  # [BK, BV] state entering the chunk
+        b_dh = tl.load(DHS + p_kv, mask=m_kv, other=0.0)  # [BK, BV] grad of the state leaving it
+        b_da += _dot(b_do, tl.trans(b_v), IEEE)
+        b_dq += _dot(b_do, tl.trans(b_h), IEEE)
+        b_dk += _dot(b_v, tl.trans(b_dh), IEEE)
+        if DECAY != 0:
+            b_hdh += tl.sum(b_h * b_dh, axis=1)
+        b_dv = _dot(tl.trans(b_a), b_do, IEEE) + _dot(b_kr, b_dh, IEEE)
+        tl.store(DV + p_tv, b_dv.to(DV.dtype.element_ty), mask=m_tv)
+    b_da = tl.where(causal, b_da * scale, 0.0)  # gradient w.r.t. the unscaled pair matrix, times scale
+    b_dq = b_dq * scale
+    if DECAY == 0:
+        b_dq += _dot(b_da, b_k, IEEE)
+        b_dk += _dot(tl.trans(b_da), b_q, IEEE)
+        tl.store(DQ + p_tk, b_dq.to(DQ.dtype.element_ty), mask=m_tk)
+        tl.store(DK + p_tk, b_dk.to(DK.dtype.element_ty), mask=m_tk)
+    elif DECAY == 1:
+        b_dq = b_dq * e_q
+        b_dk = b_dk * e_k
+        # d(b_last): exp(b_last) <h, dh_out> plus the k side of the state update
+        d_last = tl.exp(g_last) * tl.sum(b_hdh, axis=0) + tl.sum(tl.sum(b_k * b_dk, axis=1), axis=0)
+        b_dae = b_da * e_pair
+        b_dq += _dot(b_dae, b_k, IEEE)
+        b_dk += _dot(tl.trans(b_dae), b_q, IEEE)
+        b_db = tl.sum(b_q * b_dq - b_k * b_dk, axis=1)  # [BT]
+        b_dg = tl.cumsum(b_db, axis=0, reverse=True) + d_last
+        tl.store(DQ + p_tk, b_dq.to(DQ.dtype.element_ty), mask=m_tk)
+        tl.store(DK + p_tk, b_dk.to(DK.dtype.element_ty), mask=m_tk)
+        tl.store(DG + tok, b_dg.to(DG.dtype.element_ty), mask=m_t)
+    else:
+        b_dq = b_dq * e_q
+        b_dk = b_dk * e_k
+        d_last = tl.exp(g_last) * b_hdh + tl.sum(b_k * b_dk, axis=0)  # [BK]
+        tl.store(DQ + p_tk, b_dq, mask=m_tk)
+        tl.store(DK + p_tk, b_dk, mask=m_tk)
+        tl.store(DBP + p_tk, b_q * b_dq - b_k * b_dk, mask=m_tk)
+        tl.store(DA + (i_bh.to(tl.int64) * T + rows)[:, None] * BT + o_bt[None, :], b_da, mask=m_t[:, None])
+        tl.store(DLAST + (i_bh.to(tl.int64) * NT + i_t) * K + o_k, d_last, mask=m_k)
+
+
+def _forward(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decay: torch.Tensor | None, scale: float,
+    initial_state: torch.Tensor | None, cfg: ChunkConfig,
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """(cumulative decay, pair matrix A, states entering each chunk, final state)."""
+    gcum = chunk_local_cumsum(decay, cfg) if decay is not None else None
+    aqk = chunk_pair_fwd(q, k, gcum, cfg, delta=False)[0] if cfg.decay == DECAY_CHANNEL else None
+    hs, ht, _ = chunk_fwd_h(k, v, gcum, initial_state, cfg)
+    return gcum, aqk, hs, ht
+
+
+class _ChunkGLAFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, decay, scale, initial_state, mode):  # type: ignore[override]
+        cfg = make_config(q, k, v, decay if mode == 1 else None, decay if mode == 2 else None, None,
+                          initial_state)
+        gcum, aqk, hs, ht = _forward(q, k, v, decay, scale, initial_state, cfg)
+        o = chunk_fwd_o(q, k, v, gcum, aqk, hs, scale, cfg, q.dtype)
+        ctx.save_for_backward(q, k, v, decay, initial_state)
+        ctx.cfg = cfg
+        ctx.scale = scale
+        return o, ht
+
+    @staticmethod
+    def backward(ctx, do, dht):  # type: ignore[override]
+        q, k, v, decay, initial_state = ctx.saved_tensors
+        cfg: ChunkConfig = ctx.cfg
+        scale: float = ctx.scale
+        do = do.contiguous()
+        dht = dht.contiguous() if dht is not None else None
+        gcum, aqk, hs, _ = _forward(q, k, v, decay, scale, initial_state, cfg)
+        dhs, dh0, _ = chunk_bwd_dh(q, k, gcum, aqk, do, dht, initial_state, scale, cfg)
+        BHT = (cfg.B * cfg.H, cfg.T, CHUNK)
+        dv = torch.empty_like(v)
+        dummy = dhs
+        if cfg.decay == DECAY_CHANNEL:
+            f32 = dict(dtype=torch.float32, device=q.device)
+            dq = torch.empty(q.shape, **f32)  # partials, finished by chunk_pair_bwd
+            dk = torch.empty(k.shape, **f32)
+            dbp = torch.empty(k.shape, **f32)
+            da = torch.empty(BHT, **f32)
+            dlast = torch.empty(cfg.B * cfg.H, cfg.NT, cfg.K, **f32)
+            dg = dummy
+        else:
+            dq, dk = torch.empty_like(q), torch.empty_like(k)
+            dg = torch.empty_like(decay) if decay is not None else dummy
+            dbp = da = dlast = dummy
+        gla_bwd_kernel[(cfg.NT, cfg.B * cfg.H)](
+            q, k, v, gcum if gcum is not None else dummy, aqk if aqk is not None else dummy,
+            hs, dhs, do, dq, dk, dv, dg, da, dbp, dlast, scale, cfg.T,
+            H=cfg.H, K=cfg.K, V=cfg.V, BT=CHUNK, BK=cfg.BK, BV=cfg.BV, NV=cfg.NV, DECAY=cfg.decay,
+            IEEE=cfg.ieee, num_warps=8 if cfg.BK >= 128 else 4, num_stages=2,
+        )
+        if cfg.decay == DECAY_CHANNEL:
+            dq, dk, dg = chunk_pair_bwd(q, k, gcum, da, None, dq, dk, dbp, dlast, cfg, decay.dtype)
+        if cfg.decay == DECAY_NONE:
+            dg = None
+        return dq, dk, dv, dg, None, dh0, None
+
+
+def triton_gated_linear_attention(
+    q: torch.Tensor,  # [B, T, H, K]
+    k: torch.Tensor,  # [B, T, H, K]
+    v: torch.Tensor,  # [B, T, H, V]
+    g: torch.Tensor | None = None,  # [B, T, H] log decay per head (<= 0)
+    gk: torch.Tensor | None = None,  # [B, T, H, K] log decay per key channel (<= 0)
+    scale: float | None = None,
+    initial_state: torch.Tensor | None = None,  # [B, H, K, V]
+    output_final_state: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Chunked gated linear attention; returns (o [B, T, H, V] in q's dtype, final state [B, H, K, V]
+    float32 or None). Differentiable w.r.t. q, k, v, g / gk and initial_state."""
+    mode, decay = decay_mode(g, gk)
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    decay = decay.contiguous() if decay is not None else None
+    initial_state = initial_state.contiguous() if initial_state is not None else None
+    o, ht = _ChunkGLAFunction.apply(q, k, v, decay, scale, initial_state, mode)
+    return o, (ht if output_final_state else None)
+
+
+# --------------------------------------------------------------------------------------------------
+# decode step
+
+
+@triton.jit
+def gla_step_kernel(
+    Q, Kp, Vp, G, S, O, SN, scale,
+    K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DECAY: tl.constexpr,
+):
+    """One token for one (value block, batch*head): S = alpha S + k v^T ; o = scale S^T q."""
+    i_v = tl.program_id(0)
+    i_bh = tl.program_id(1).to(tl.int64)
+    o_k = tl.arange(0, BK)
+    m_k = o_k < K
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_v = o_v < V
+    m_kv = m_k[:, None] & m_v[None, :]
+    p_kv = i_bh * K * V + o_k[:, None] * V + o_v[None, :]
+    b_s = tl.load(S + p_kv, mask=m_kv, other=0.0).to(tl.float32)  # [BK, BV]
+    b_q = tl.load(Q + i_bh * K + o_k, mask=m_k, other=0.0).to(tl.float32)
+    b_k = tl.load(Kp + i_bh * K + o_k, mask=m_k, other=0.0).to(tl.float32)
+    b_v = tl.load(Vp + i_bh * V + o_v, mask=m_v, other=0.0).to(tl.float32)
+    if DECAY == 1:
+        b_s = b_s * tl.exp(tl.load(G + i_bh).to(tl.float32))
+    elif DECAY == 2:
+        b_s = b_s * tl.exp(tl.load(G + i_bh * K + o_k, mask=m_k, other=0.0).to(tl.float32))[:, None]
+    b_s += b_k[:, None] * b_v[None, :]
+    b_o = scale * tl.sum(b_s * b_q[:, None], axis=0)  # [BV]
+    tl.store(SN + p_kv, b_s.to(SN.dtype.element_ty), mask=m_kv)
+    tl.store(O + i_bh * V + o_v, b_o.to(O.dtype.element_ty), mask=m_v)
+
+
+def check_step_inputs(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: torch.Tensor, g: torch.Tensor | None,
+    gk: torch.Tensor | None, beta: torch.Tensor | None,
+) -> tuple[int, torch.Tensor | None]:
+    """Validate one-token inputs (q, k [B, H, K], v [B, H, V], state [B, H, K, V]); returns the decay."""
+    if q.dim() != 3 or k.shape != q.shape:
+        raise ValueError(f"q and k must both be [B, H, K]; got q {tuple(q.shape)}, k {tuple(k.shape)}")
+    B, H, K = q.shape
+    if v.dim() != 3 or v.shape[:2] != (B, H):
+        raise ValueError(f"v must be [B, H, V] = [{B}, {H}, V]; got {tuple(v.shape)}")
+    V = v.shape[-1]
+    if state.shape != (B, H, K, V):
+        raise ValueError(f"state must be [B, H, K, V] = [{B}, {H}, {K}, {V}]; got {tuple(state.shape)}")
+    if g is not None and g.shape != (B, H):
+        raise ValueError(f"g must be [B, H] = [{B}, {H}]; got {tuple(g.shape)}")
+    if gk is not None and gk.shape != (B, H, K):
+        raise ValueError(f"gk must be [B, H, K] = [{B}, {H}, {K}]; got {tuple(gk.shape)}")
+    if beta is not None and beta.shape != (B, H):
+        raise ValueError(f"beta must be [B, H] = [{B}, {H}]; got {tuple(beta.shape)}")
+    if K > 256 or V > 256:
+        raise ValueError(f"head dims K={K}, V={V}: each must be <= 256")
+    tensors = (q, k, v, state, g, gk, beta)
+    check_device(*tensors)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        raise NotImplementedError(
+            "the triton decode step has no backward; call it under torch.no_grad(), or train with "
+            "the chunked functions"
+        )
+    return decay_mode(g, gk)
+
+
+def triton_gated_linear_attention_step(
+    q: torch.Tensor,  # [B, H, K]
+    k: torch.Tensor,  # [B, H, K]
+    v: torch.Tensor,  # [B, H, V]
+    state: torch.Tensor,  # [B, H, K, V]
+    g: torch.Tensor | None = None,  # [B, H]
+    gk: torch.Tensor | None = None,  # [B, H, K]
+    scale: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One decode token: (o [B, H, V] in q's dtype, new state in the state's dtype). Inference only."""
+    mode, decay = check_step_inputs(q, k, v, state, g, gk, None)
+    B, H, K = q.shape
+    V = v.shape[-1]
+    scale = K**-0.5 if scale is None else float(scale)
+    q, k, v, state = q.contiguous(), k.contiguous(), v.contiguous(), state.contiguous()
+    decay = decay.contiguous() if decay is not None else state
+    o = torch.empty(B, H, V, dtype=q.dtype, device=q.device)
+    new_state = torch.empty_like(state)
+    BK = max(16, triton.next_power_of_2(K))
+    BV = min(64, max(16, triton.next_power_of_2(V)))
+    gla_step_kernel[(triton.cdiv(V, BV), B * H)](
+        q, k, v, decay, state, o, new_state, scale, K=K, V=V, BK=BK, BV=BV, DECAY=mode, num_warps=4,
+    )
+    return o, new_state

@@ -1,0 +1,276 @@
+"""`hybridnas query ...`: leaderboard, Pareto front and lineage from a store, as a table, JSON or CSV.
+
+Also the campaign printers (`campaign_list`, `campaign_show`) that the campaign commands reuse.
+The CLI only reads: it opens the store with create=False, so it never writes, never creates an empty
+database by mistake, and (in SQLite WAL mode) never waits for a running campaign.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Sequence
+from enum import Enum
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from hybridnas.store.db import Store
+from hybridnas.store.models import CampaignInfo, CampaignNotFound, CandidateNotFound, SchemaVersionError, StoreNotFound
+from hybridnas.store.queries import DIRECTIONS, ROW_KEYS, normalize_direction
+
+
+class OutputFormat(str, Enum):
+    table = "table"  # a rich table for people
+    json = "json"  # a list of objects with stable keys
+    csv = "csv"  # a header row, then one row per object
+
+
+FORMATS = tuple(f.value for f in OutputFormat)
+EDGE_KEYS = ("child_id", "parent_id", "operator", "depth")
+
+query_app = typer.Typer(
+    name="query",
+    help="Query a hybridnas store: leaderboard, Pareto front, lineage.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+StoreOption = Annotated[
+    str | None,
+    typer.Option("--store", envvar="HYBRIDNAS_STORE", help="SQLAlchemy URL or SQLite file [default: sqlite:///hybridnas.db]"),
+]
+FormatOption = Annotated[OutputFormat, typer.Option("--format", "-f", case_sensitive=False, help="table, json or csv")]
+CampaignArgument = Annotated[str | None, typer.Argument(help="campaign name [default: the most recent]", show_default=False)]
+
+
+# --- shared helpers (also used by the campaign commands) -------------------------------------------
+
+
+def check_format(fmt: str | OutputFormat) -> OutputFormat:
+    try:
+        return OutputFormat(fmt.value if isinstance(fmt, OutputFormat) else str(fmt).lower())
+    except ValueError:
+        raise typer.BadParameter(f"{fmt!r} is not one of {', '.join(FORMATS)}", param_hint="'--format'") from None
+
+
+def open_store(url: str | None) -> Store:
+    """Open an existing store read-only; a missing or too-new store is a usage error (exit 2)."""
+    try:
+        return Store.open(url, create=False)
+    except (StoreNotFound, SchemaVersionError) as e:
+        raise typer.BadParameter(str(e), param_hint="'--store'") from None
+
+
+def resolve_campaign(store: Store, name: str | None) -> CampaignInfo:
+    try:
+        return store.get_campaign(name)
+    except CampaignNotFound as e:
+        raise typer.BadParameter(str(e), param_hint="'CAMPAIGN'") from None
+
+
+def _console() -> Console:
+    # Piped or captured output has no terminal width; a wide virtual one keeps table cells unfolded.
+    console = Console()
+    return console if console.is_terminal else Console(width=240)
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, (dict, list)):
+        return json.dumps(v, separators=(",", ":"))
+    return str(v)
+
+
+def _csv_cell(v: Any) -> Any:
+    if v is None:
+        return ""
+    if isinstance(v, (dict, list)):
+        return json.dumps(v, separators=(",", ":"))
+    return v
+
+
+def _columns(rows: Sequence[dict[str, Any]]) -> list[str]:
+    cols: dict[str, None] = {}
+    for r in rows:
+        cols.update(dict.fromkeys(r))
+    return list(cols)
+
+
+def emit(rows: Sequence[dict[str, Any]], fmt: str | OutputFormat, title: str | None = None, columns: Sequence[str] = ()) -> None:
+    """Print rows (dicts with the same leading keys) as a rich table, a JSON list, or CSV.
+
+    `columns` are the header when there are no rows (so an empty CSV still names its fields).
+    """
+    fmt = check_format(fmt)
+    cols = _columns(rows) or list(columns)
+    if fmt is OutputFormat.json:
+        typer.echo(json.dumps(list(rows), indent=2, default=str))
+    elif fmt is OutputFormat.csv:
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: _csv_cell(r.get(k)) for k in cols})
+        typer.echo(buf.getvalue(), nl=False)
+    else:
+        table = Table(title=title)
+        for c in cols:
+            table.add_column(c, overflow="fold")
+        for r in rows:
+            table.add_row(*(_cell(r.get(c)) for c in cols))
+        _console().print(table)
+
+
+def _best_text(info: CampaignInfo) -> str:
+    b = info.best
+    if not b:
+        return "-"
+    return f"#{b['candidate_id']} {b['label']}  {info.metric}={_cell(b.get(info.metric))} @ {b['fidelity']} steps"
+
+
+def campaign_list(store: Store, fmt: str | OutputFormat = OutputFormat.table) -> None:
+    """Every campaign, oldest first (JSON/CSV: CampaignInfo fields without the config)."""
+    fmt = check_format(fmt)
+    infos = store.list_campaigns()
+    if fmt is not OutputFormat.table:
+        emit([i.to_dict(with_config=False) for i in infos], fmt)
+        return
+    rows = [
+        {
+            "name": i.name,
+            "id": i.id,
+            "status": i.status,
+            "seed": i.seed,
+            "created": i.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+            "candidates": i.n_candidates,
+            "done": i.n_done,
+            "failed": i.n_failed,
+            "pending": i.n_queued + i.n_running,
+            "best": _best_text(i),
+        }
+        for i in infos
+    ]
+    if not rows:
+        typer.echo(f"no campaigns in {store.display_url}")
+        return
+    emit(rows, fmt, title=f"campaigns in {store.display_url}")
+
+
+def campaign_show(store: Store, name: str | None, fmt: str | OutputFormat = OutputFormat.table) -> None:
+    """One campaign (the most recent when `name` is None): status, counts, best, and its top 5."""
+    fmt = check_format(fmt)
+    info = resolve_campaign(store, name)
+    if fmt is OutputFormat.json:
+        typer.echo(json.dumps(info.to_dict(), indent=2, default=str))
+        return
+    if fmt is OutputFormat.csv:
+        emit([info.to_dict()], fmt)
+        return
+    table = Table(title=f"campaign {info.name}", show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value", overflow="fold")
+    for k, v in [
+        ("id", info.id),
+        ("status", info.status),
+        ("seed", info.seed),
+        ("created", info.created_at.isoformat(timespec="seconds")),
+        ("updated", info.updated_at.isoformat(timespec="seconds")),
+        ("finished", info.finished_at.isoformat(timespec="seconds") if info.finished_at else None),
+        ("candidates", info.n_candidates),
+        ("evaluations", f"{info.n_evaluations} (queued {info.n_queued}, running {info.n_running}, done {info.n_done}, failed {info.n_failed})"),
+        ("objective", f"{info.metric} ({info.direction})"),
+        ("best", _best_text(info)),
+    ]:
+        table.add_row(k, _cell(v))
+    _console().print(table)
+    if info.best is not None:  # the objective metric has been recorded
+        top = store.leaderboard(info.id, metric=info.metric, direction=info.direction, limit=5)
+        emit(top, fmt, title=f"top {len(top)} by {info.metric}")
+
+
+# --- query commands ------------------------------------------------------------------------------
+
+
+@query_app.command("leaderboard")
+def leaderboard_cmd(
+    campaign: CampaignArgument = None,
+    metric: Annotated[str, typer.Option("--metric", "-m", help="metric to rank by")] = "accuracy",
+    direction: Annotated[str, typer.Option("--direction", "-d", help="maximize or minimize (max, min)")] = "maximize",
+    limit: Annotated[int | None, typer.Option("--limit", "-n", min=1, help="show only the top N")] = None,
+    task: Annotated[str | None, typer.Option("--task", help="only evaluations of this task")] = None,
+    fmt: FormatOption = OutputFormat.table,
+    store_url: StoreOption = None,
+) -> None:
+    """Candidates ranked by a metric at their highest trained fidelity (mean over seeds)."""
+    if str(direction).lower() not in DIRECTIONS:
+        raise typer.BadParameter(f"{direction!r} is not one of maximize, minimize, max, min", param_hint="'--direction'")
+    with open_store(store_url) as store:
+        info = resolve_campaign(store, campaign)
+        try:
+            rows = store.leaderboard(info.id, metric=metric, direction=direction, limit=limit, task=task)
+        except ValueError as e:
+            raise typer.BadParameter(str(e), param_hint="'--metric'") from None
+        emit(rows, fmt, title=f"{info.name}: leaderboard by {metric} ({normalize_direction(direction)})", columns=ROW_KEYS)
+
+
+def parse_objective(text: str) -> tuple[str, str]:
+    """'accuracy:max' -> ('accuracy', 'maximize')."""
+    metric, sep, direction = text.rpartition(":")
+    if not sep or not metric:
+        raise typer.BadParameter(f"{text!r} must be METRIC:DIRECTION, e.g. accuracy:max (directions: max, min, maximize, minimize)", param_hint="'--objective'")
+    try:
+        return metric, normalize_direction(direction)
+    except ValueError:
+        raise typer.BadParameter(f"{text!r}: direction {direction!r} is not one of max, min, maximize, minimize", param_hint="'--objective'") from None
+
+
+@query_app.command("pareto")
+def pareto_cmd(
+    campaign: CampaignArgument = None,
+    objective: Annotated[
+        list[str] | None, typer.Option("--objective", "-o", help="METRIC:max|min; repeat for each objective", show_default=False)
+    ] = None,
+    task: Annotated[str | None, typer.Option("--task", help="only evaluations of this task")] = None,
+    fmt: FormatOption = OutputFormat.table,
+    store_url: StoreOption = None,
+) -> None:
+    """The non-dominated candidates under two or more objectives."""
+    if not objective:
+        raise typer.BadParameter("give at least one, e.g. --objective accuracy:max --objective cost_state_bytes:min", param_hint="'--objective'")
+    objs = [parse_objective(o) for o in objective]
+    with open_store(store_url) as store:
+        info = resolve_campaign(store, campaign)
+        try:
+            rows = store.pareto(info.id, objs, task=task)
+        except ValueError as e:
+            raise typer.BadParameter(str(e), param_hint="'--objective'") from None
+        emit(rows, fmt, title=f"{info.name}: Pareto front of " + ", ".join(f"{m} ({d})" for m, d in objs), columns=ROW_KEYS)
+
+
+@query_app.command("lineage")
+def lineage_cmd(
+    candidate_id: Annotated[int, typer.Argument(help="candidate id (see the leaderboard)")],
+    fmt: FormatOption = OutputFormat.table,
+    store_url: StoreOption = None,
+) -> None:
+    """Every ancestor edge of a candidate: child <- parent by operator, nearest first."""
+    with open_store(store_url) as store:
+        try:
+            edges = store.lineage(candidate_id)
+        except CandidateNotFound as e:
+            raise typer.BadParameter(str(e), param_hint="'CANDIDATE_ID'") from None
+        rows = [e.to_dict() for e in edges]
+        if not rows and check_format(fmt) is OutputFormat.table:
+            typer.echo(f"candidate {candidate_id} has no recorded parents")
+            return
+        emit(rows, fmt, title=f"lineage of candidate {candidate_id}", columns=EDGE_KEYS)
+
+
+__all__ = ["query_app", "campaign_list", "campaign_show", "emit", "open_store", "resolve_campaign", "check_format", "OutputFormat", "ROW_KEYS"]

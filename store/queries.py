@@ -1,0 +1,225 @@
+"""Read-only queries over a campaign: leaderboard, Pareto front, lineage.
+
+Each function takes an open SQLAlchemy `Session`; `Store` wraps them in a read transaction.
+
+The fidelity rule: a candidate is scored at the highest fidelity (training steps) it has a done
+evaluation for, and its metrics there are the mean over seeds. Lower-fidelity results of a promoted
+candidate do not count, so a candidate is never ranked by a mixture of short and long runs.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from hybridnas.store.models import Campaign, Candidate, CandidateNotFound, CampaignNotFound, Evaluation, Lineage, LineageEdge
+
+#: Keys every leaderboard / Pareto row has, in this order; metrics follow.
+ROW_KEYS: tuple[str, ...] = ("rank", "candidate_id", "spec_hash", "label", "generation", "fidelity", "n_seeds")
+DIRECTIONS: dict[str, str] = {"maximize": "maximize", "max": "maximize", "minimize": "minimize", "min": "minimize"}
+
+
+def normalize_direction(direction: str, argument: str = "direction") -> str:
+    """'max'/'maximize' -> 'maximize', 'min'/'minimize' -> 'minimize'."""
+    d = DIRECTIONS.get(str(direction).lower()) if isinstance(direction, str) else None
+    if d is None:
+        raise ValueError(f"{argument}: got {direction!r}, allowed: maximize, minimize (or max, min)")
+    return d
+
+
+def flatten_metrics(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'hw': {'tok_s': 1}} -> {'hw.tok_s': 1}; a metric named like a row key gets a 'metrics.' prefix."""
+    out: dict[str, Any] = {}
+    for k, v in metrics.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(flatten_metrics(v, key + "."))
+        else:
+            out[f"metrics.{key}" if key in ROW_KEYS else key] = v
+    return out
+
+
+def is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _mean_metrics(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Mean over seeds of each numeric metric; other values (strings, flags) from the first run that has them."""
+    keys: dict[str, None] = {}
+    for r in runs:
+        keys.update(dict.fromkeys(r))
+    out: dict[str, Any] = {}
+    for k in keys:
+        values = [r[k] for r in runs if k in r]
+        numbers = [v for v in values if is_number(v)]
+        if numbers:
+            out[k] = statistics.fmean(numbers)
+            if all(isinstance(v, int) for v in numbers) and out[k] == int(out[k]):
+                out[k] = int(out[k])  # counts such as params stay integers
+        else:
+            out[k] = next((v for v in values if v is not None), None)
+    return out
+
+
+def _require_campaign(session: Session, campaign_id: int) -> None:
+    if session.get(Campaign, campaign_id) is None:
+        raise CampaignNotFound(f"campaign id {campaign_id} not found")
+
+
+def scored_candidates(session: Session, campaign_id: int, task: str | None = None) -> list[dict[str, Any]]:
+    """One row per candidate with a done evaluation: its highest fidelity and the seed-mean metrics there."""
+    _require_campaign(session, campaign_id)
+    q = (
+        select(
+            Candidate.id,
+            Candidate.spec_hash,
+            Candidate.label,
+            Candidate.generation,
+            Evaluation.fidelity,
+            Evaluation.seed,
+            Evaluation.metrics,
+        )
+        .join(Evaluation, Evaluation.candidate_id == Candidate.id)
+        .where(Candidate.campaign_id == campaign_id, Evaluation.status == "done")
+        .order_by(Candidate.id, Evaluation.id)
+    )
+    if task is not None:
+        q = q.where(Evaluation.task == task)
+    by_candidate: dict[int, list[Any]] = defaultdict(list)
+    for row in session.execute(q):
+        by_candidate[row.id].append(row)
+    rows = []
+    for cid, evals in by_candidate.items():
+        top = max(e.fidelity for e in evals)
+        at_top = [e for e in evals if e.fidelity == top]
+        first = evals[0]
+        row: dict[str, Any] = {
+            "rank": 0,
+            "candidate_id": cid,
+            "spec_hash": first.spec_hash,
+            "label": first.label,
+            "generation": first.generation,
+            "fidelity": top,
+            "n_seeds": len({e.seed for e in at_top}),
+        }
+        row.update(_mean_metrics([flatten_metrics(e.metrics or {}) for e in at_top]))
+        rows.append(row)
+    return rows
+
+
+def _check_metric(rows: Iterable[dict[str, Any]], metric: str, campaign_id: int, argument: str) -> None:
+    rows = list(rows)
+    if not rows or any(is_number(r.get(metric)) for r in rows):
+        return
+    known = sorted({k for r in rows for k, v in r.items() if k not in ROW_KEYS and is_number(v)})
+    raise ValueError(
+        f"{argument}: {metric!r} is not a numeric metric of any candidate in campaign {campaign_id}; "
+        f"recorded: {', '.join(known) or '(none)'}"
+    )
+
+
+def _sort_key(value: Any, direction: str) -> tuple[bool, float]:
+    # Candidates without the metric go last; maximize sorts descending.
+    if not is_number(value):
+        return (True, 0.0)
+    return (False, -value if direction == "maximize" else value)
+
+
+def leaderboard(
+    session: Session,
+    campaign_id: int,
+    metric: str = "accuracy",
+    direction: str = "maximize",
+    limit: int | None = None,
+    task: str | None = None,
+) -> list[dict[str, Any]]:
+    """Candidates ranked by `metric` at their highest done fidelity (mean over seeds); ties by id.
+
+    Rows: rank, candidate_id, spec_hash, label, generation, fidelity, n_seeds, then the metrics
+    (nested ones flattened as 'a.b'). Candidates lacking the metric come last.
+    """
+    direction = normalize_direction(direction)
+    if limit is not None and (not isinstance(limit, int) or limit < 0):
+        raise ValueError(f"limit: got {limit!r}, must be a non-negative integer or None")
+    rows = scored_candidates(session, campaign_id, task)
+    _check_metric(rows, metric, campaign_id, "metric")
+    rows.sort(key=lambda r: (_sort_key(r.get(metric), direction), r["candidate_id"]))
+    for i, r in enumerate(rows, 1):
+        r["rank"] = i
+    return rows if limit is None else rows[:limit]
+
+
+def _dominates(a: Sequence[float], b: Sequence[float]) -> bool:
+    """a dominates b: no worse in every objective, better in one (values already oriented to minimize)."""
+    return all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
+
+
+def pareto(
+    session: Session,
+    campaign_id: int,
+    objectives: Sequence[tuple[str, str]],
+    task: str | None = None,
+) -> list[dict[str, Any]]:
+    """The non-dominated candidates under `objectives` [(metric, 'maximize'|'minimize'), ...].
+
+    Same rows as `leaderboard`, ordered by the first objective (then the next ones, then id).
+    Candidates missing any objective metric are left out.
+    """
+    if not objectives:
+        raise ValueError("objectives: need at least one (metric, direction) pair")
+    objs = []
+    for i, obj in enumerate(objectives):
+        if not (isinstance(obj, (tuple, list)) and len(obj) == 2 and isinstance(obj[0], str)):
+            raise ValueError(f"objectives[{i}]: got {obj!r}, expected (metric, 'maximize' | 'minimize')")
+        objs.append((obj[0], normalize_direction(obj[1], f"objectives[{i}]")))
+    rows = scored_candidates(session, campaign_id, task)
+    for i, (metric, _) in enumerate(objs):
+        _check_metric(rows, metric, campaign_id, f"objectives[{i}]")
+    rows = [r for r in rows if all(is_number(r.get(m)) for m, _ in objs)]
+    # Orient every objective to "smaller is better".
+    points = [tuple(-r[m] if d == "maximize" else r[m] for m, d in objs) for r in rows]
+    front = [r for i, r in enumerate(rows) if not any(_dominates(points[j], points[i]) for j in range(len(rows)) if j != i)]
+    front.sort(key=lambda r: (*(_sort_key(r[m], d) for m, d in objs), r["candidate_id"]))
+    for i, r in enumerate(front, 1):
+        r["rank"] = i
+    return front
+
+
+def lineage(session: Session, candidate_id: int) -> list[LineageEdge]:
+    """Every ancestry edge of a candidate, nearest first (recursive CTE; UNION stops on any cycle)."""
+    if session.get(Candidate, candidate_id) is None:
+        raise CandidateNotFound(f"candidate id {candidate_id} not found")
+    anc = (
+        select(Lineage.child_id, Lineage.parent_id, Lineage.operator)
+        .where(Lineage.child_id == candidate_id)
+        .cte("ancestry", recursive=True)
+    )
+    anc = anc.union(
+        select(Lineage.child_id, Lineage.parent_id, Lineage.operator).join(anc, Lineage.child_id == anc.c.parent_id)
+    )
+    edges = session.execute(select(anc.c.child_id, anc.c.parent_id, anc.c.operator)).all()
+    by_child: dict[int, list[tuple[int, str]]] = defaultdict(list)
+    for child, parent, op in edges:
+        by_child[child].append((parent, op))
+    # Breadth-first from the candidate gives each edge its depth (a shared ancestor counts once, nearest).
+    out: list[LineageEdge] = []
+    seen = {candidate_id}
+    frontier = [candidate_id]
+    depth = 0
+    while frontier:
+        depth += 1
+        nxt: list[int] = []
+        for child in sorted(frontier):
+            for parent, op in sorted(by_child.get(child, [])):
+                out.append(LineageEdge(child_id=child, parent_id=parent, operator=op, depth=depth))
+                if parent not in seen:
+                    seen.add(parent)
+                    nxt.append(parent)
+        frontier = nxt
+    return out

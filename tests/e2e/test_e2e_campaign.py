@@ -1,0 +1,212 @@
+"""Whole campaigns through the CLI: file -> controller -> executor -> store -> query -> export."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from hybridnas.cli import app
+from hybridnas.store import Store
+
+ROOT = Path(__file__).resolve().parents[2]
+
+TINY = {
+    "name": "tiny",
+    "seed": 0,
+    "task": {"name": "mqar", "vocab_size": 32, "seq_len": 24, "num_kv_pairs": 3, "num_train": 256, "num_test": 64},
+    "space": {
+        "d_model": [16, 32],
+        "n_layers": [2],
+        "n_heads": [2],
+        "hybrid": {
+            "ratio": [0, 1, "all_linear"],
+            "linear_mixer": ["gla", "deltanet", "gated_deltanet", "mamba2"],
+            "gate": ["none", "swish"],
+        },
+    },
+    "training": {"steps": 12, "batch_size": 16, "eval_batch_size": 64},
+    "search": {"strategy": "evolution", "budget": 6, "population": 3, "tournament": 2},
+    "execution": {"executor": "inprocess", "workers": 1, "timeout_s": 120},
+}
+
+
+def write(tmp_path: Path, **changes) -> Path:
+    cfg = json.loads(json.dumps(TINY))
+    for key, value in changes.items():
+        section, _, field = key.partition("__")
+        if field:
+            cfg[section][field] = value
+        else:
+            cfg[section] = value
+    path = tmp_path / f"{cfg['name']}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def cli(*args: str):
+    result = CliRunner().invoke(app, list(args))
+    return result
+
+
+def leaderboard(url: str, name: str) -> list[dict]:
+    r = cli("query", "leaderboard", name, "--store", url, "--format", "json")
+    assert r.exit_code == 0, r.output
+    return json.loads(r.stdout)
+
+
+def check_campaign(url: str, name: str, budget: int) -> list[dict]:
+    rows = leaderboard(url, name)
+    assert len(rows) == budget
+    for row in rows:
+        assert {"candidate_id", "spec_hash", "accuracy", "loss"} <= set(row)
+        assert 0.0 <= row["accuracy"] <= 1.0
+    assert [r["accuracy"] for r in rows] == sorted((r["accuracy"] for r in rows), reverse=True)
+    store = Store.open(url)
+    try:
+        info = store.get_campaign(name)
+        assert info.status == "finished"
+        evals = store.evaluations(info.id)
+        assert len(evals) == budget and all(e.status == "done" for e in evals)
+        # one evaluation per candidate at this fidelity: nothing trained twice
+        assert len({e.candidate_id for e in evals}) == budget
+    finally:
+        store.close()
+    return rows
+
+
+def test_inprocess_campaign_end_to_end(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'hnas.db'}"
+    r = cli("campaign", "launch", str(write(tmp_path)), "--store", url, "--export-dir", str(tmp_path / "export"))
+    assert r.exit_code == 0, r.output
+    rows = check_campaign(url, "tiny", 6)
+
+    # evolution after the initial population: children have recorded parents and operators
+    store = Store.open(url)
+    try:
+        children = [c for c in (store.candidate(r["candidate_id"]) for r in rows) if c.parents]
+        assert children, "evolution should have produced at least one child in 6 candidates with population 3"
+        edges = store.lineage(children[0].id)
+        assert edges and all(e.operator for e in edges)
+        assert store.weights_path(rows[0]["candidate_id"]) is not None
+    finally:
+        store.close()
+    r = cli("query", "lineage", str(children[0].id), "--store", url, "--format", "json")
+    assert r.exit_code == 0 and json.loads(r.stdout)
+
+    # the winner was exported and loads where hybridnas cannot be imported
+    export = tmp_path / "export" / "tiny"
+    assert (export / "config.json").is_file() and (export / "model.safetensors").is_file()
+    config = json.loads((export / "config.json").read_text())
+    assert config["metadata"]["candidate_id"] == rows[0]["candidate_id"]
+    assert config["metadata"]["metrics"]["accuracy"] == pytest.approx(rows[0]["accuracy"])
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "check_export.py"), str(export)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "without hybridnas" in out.stdout
+
+    # campaign listing commands
+    r = cli("campaign", "list", "--store", url, "--format", "json")
+    assert r.exit_code == 0 and [c["name"] for c in json.loads(r.stdout)] == ["tiny"]
+    r = cli("campaign", "show", "--store", url, "--format", "json")
+    assert r.exit_code == 0 and "tiny" in r.stdout
+
+    # a second launch under the same name is refused, and writes nothing
+    r = cli("campaign", "launch", str(write(tmp_path)), "--store", url)
+    assert r.exit_code == 2 and "already exists" in r.output
+
+
+@pytest.mark.ray
+def test_ray_campaign_end_to_end(tmp_path: Path, ray_cluster) -> None:
+    url = f"sqlite:///{tmp_path / 'hnas.db'}"
+    path = write(tmp_path, name="tiny-ray", search__budget=4, execution={"executor": "ray", "workers": 2, "timeout_s": 120})
+    r = cli("campaign", "launch", str(path), "--store", url, "--no-export")
+    assert r.exit_code == 0, r.output
+    check_campaign(url, "tiny-ray", 4)
+    store = Store.open(url)
+    try:
+        info = store.get_campaign("tiny-ray")
+        hosts = {e.host for e in store.evaluations(info.id)}
+        assert all(hosts) and None not in hosts
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"space": {"hybrid": {"linear_mixer": ["gla", "transformer"]}}}, "space.hybrid.linear_mixer"),
+        ({"search": {"strategy": "annealing"}}, "search.strategy"),
+        ({"training": {"stepz": 3}}, "training.stepz"),
+        ({"task": {"name": "imagenet"}}, "task.name"),
+        ({"name": "bad name!"}, "name"),
+    ],
+)
+def test_bad_campaign_file_exit_2_and_nothing_written(tmp_path: Path, changes, message) -> None:
+    url = f"sqlite:///{tmp_path / 'hnas.db'}"
+    r = cli("campaign", "launch", str(write(tmp_path, **changes)), "--store", url)
+    assert r.exit_code == 2, r.output
+    assert message in r.output
+    if (tmp_path / "hnas.db").exists():
+        store = Store.open(url)
+        try:
+            assert store.list_campaigns() == []
+        finally:
+            store.close()
+
+
+def test_kill_and_resume_loses_and_repeats_nothing(tmp_path: Path) -> None:
+    """SIGKILL the controller mid-campaign, resume, and finish with every candidate evaluated exactly once."""
+    url = f"sqlite:///{tmp_path / 'hnas.db'}"
+    path = write(tmp_path, name="killme", search__budget=6)
+    env = {**os.environ, "HYBRIDNAS_STORE": url}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hybridnas.cli", "campaign", "launch", str(path), "--no-export"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path,
+    )
+    deadline = time.monotonic() + 120
+    done = 0
+    while time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+        if not (tmp_path / "hnas.db").exists():
+            continue
+        store = Store.open(url)
+        try:
+            try:
+                info = store.get_campaign("killme")
+            except LookupError:
+                continue
+            done = sum(e.status == "done" for e in store.evaluations(info.id))
+        finally:
+            store.close()
+        if done >= 2:
+            break
+    assert proc.poll() is None, "the campaign finished before it could be killed; make it longer"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    store = Store.open(url)
+    try:
+        info = store.get_campaign("killme")
+        before = {e.id: e for e in store.evaluations(info.id) if e.status == "done"}
+        assert 2 <= len(before) < 6
+    finally:
+        store.close()
+
+    r = cli("campaign", "resume", "killme", "--store", url, "--no-export")
+    assert r.exit_code == 0, r.output
+    rows = check_campaign(url, "killme", 6)
+    store = Store.open(url)
+    try:
+        after = {e.id: e for e in store.evaluations(info.id)}
+        for eid, e in before.items():  # recorded results survived untouched
+            assert after[eid].metrics == e.metrics and after[eid].finished_at == e.finished_at
+    finally:
+        store.close()
+    assert len(rows) == 6

@@ -1,0 +1,192 @@
+"""The query CLI and the campaign printers, through typer's CliRunner, in every format."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from hybridnas.store import Store
+from hybridnas.store.cli import campaign_list, campaign_show, query_app
+from hybridnas.store.queries import ROW_KEYS
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def populated(store_url: str, tmp_path: Path, make_spec) -> tuple[str, dict[str, int]]:
+    """Two campaigns; the newer one ('second') has three scored candidates with lineage."""
+    ids: dict[str, int] = {}
+    with Store.open(store_url, artifacts_dir=tmp_path / "art") as s:
+        first = s.create_campaign("first", {}, seed=0)
+        _, ev = s.add_candidate(first, make_spec(10), generation=0, parents=[], task="t", fidelity=10, seed=0)
+        s.finish_evaluation(ev, status="done", metrics={"accuracy": 0.1}, error=None, host=None, device=None, wall_time_s=1, weights=None)
+        cid = s.create_campaign("second", {"objective": {"metric": "accuracy", "direction": "maximize"}}, seed=1)
+        points = [(0.5, 100), (0.9, 400), (0.7, 50)]
+        for i, (acc, cost) in enumerate(points):
+            parents = [(ids["c0"], "mutate_mixer")] if i == 1 else [(ids["c0"], "crossover"), (ids["c1"], "crossover")] if i == 2 else []
+            cand, ev = s.add_candidate(cid, make_spec(i), generation=min(i, 2), parents=parents, task="t", fidelity=10, seed=0)
+            s.finish_evaluation(ev, status="done", metrics={"accuracy": acc, "cost_state_bytes": cost, "loss": 1 - acc},
+                                error=None, host=None, device=None, wall_time_s=1, weights=None)
+            ids[f"c{i}"] = cand
+    return store_url, ids
+
+
+def _invoke(args: list[str], env: dict[str, str] | None = None) -> typer.testing.Result:
+    return runner.invoke(query_app, args, env=env)
+
+
+def test_leaderboard_formats(populated) -> None:
+    url, ids = populated
+    res = _invoke(["leaderboard", "--store", url, "--format", "json"])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.stdout)
+    assert [r["candidate_id"] for r in rows] == [ids["c1"], ids["c2"], ids["c0"]]  # 'second' is the most recent
+    assert list(rows[0])[: len(ROW_KEYS)] == list(ROW_KEYS) and rows[0]["accuracy"] == 0.9
+    res = _invoke(["leaderboard", "second", "--store", url, "--format", "csv", "--metric", "loss", "--direction", "min", "--limit", "2"])
+    assert res.exit_code == 0, res.output
+    table = list(csv.DictReader(io.StringIO(res.stdout)))
+    assert [int(r["candidate_id"]) for r in table] == [ids["c1"], ids["c2"]]
+    assert list(table[0]) == [*ROW_KEYS, "accuracy", "cost_state_bytes", "loss"]
+    res = _invoke(["leaderboard", "first", "--store", url])
+    assert res.exit_code == 0, res.output
+    assert "first: leaderboard by accuracy" in res.stdout and "d32 LA" in res.stdout and "0.1" in res.stdout
+
+
+def test_store_from_environment(populated) -> None:
+    url, ids = populated
+    res = _invoke(["leaderboard", "-f", "json"], env={"HYBRIDNAS_STORE": url})
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)[0]["candidate_id"] == ids["c1"]
+
+
+def test_pareto_formats(populated) -> None:
+    url, ids = populated
+    args = ["pareto", "--store", url, "--objective", "accuracy:max", "--objective", "cost_state_bytes:min"]
+    res = _invoke([*args, "--format", "json"])
+    assert res.exit_code == 0, res.output
+    assert [r["candidate_id"] for r in json.loads(res.stdout)] == [ids["c1"], ids["c2"]]  # c0 is dominated by c2
+    res = _invoke([*args, "--format", "csv"])
+    assert [int(r["candidate_id"]) for r in csv.DictReader(io.StringIO(res.stdout))] == [ids["c1"], ids["c2"]]
+    res = _invoke(args)
+    assert res.exit_code == 0 and "Pareto front" in res.stdout
+
+
+def test_lineage_formats(populated) -> None:
+    url, ids = populated
+    res = _invoke(["lineage", str(ids["c2"]), "--store", url, "-f", "json"])
+    assert res.exit_code == 0, res.output
+    edges = [(e["child_id"], e["parent_id"], e["operator"], e["depth"]) for e in json.loads(res.stdout)]
+    assert edges == [
+        (ids["c2"], ids["c0"], "crossover", 1),
+        (ids["c2"], ids["c1"], "crossover", 1),
+        (ids["c1"], ids["c0"], "mutate_mixer", 2),
+    ]
+    res = _invoke(["lineage", str(ids["c2"]), "--store", url, "-f", "csv"])
+    rows = list(csv.DictReader(io.StringIO(res.stdout)))
+    assert list(rows[0]) == ["child_id", "parent_id", "operator", "depth"] and len(rows) == 3
+    res = _invoke(["lineage", str(ids["c2"]), "--store", url])
+    assert res.exit_code == 0 and "mutate_mixer" in res.stdout
+    res = _invoke(["lineage", str(ids["c0"]), "--store", url, "-f", "csv"])
+    assert res.stdout.strip() == "child_id,parent_id,operator,depth"  # no parents: the header alone
+
+
+@pytest.mark.parametrize(
+    "args, hint, words",
+    [
+        (["leaderboard", "--format", "xml"], "--format", ["table", "json", "csv"]),
+        (["leaderboard", "nope"], "CAMPAIGN", ["known campaigns: first, second"]),
+        (["leaderboard", "--direction", "up"], "--direction", ["maximize", "minimize"]),
+        (["leaderboard", "--metric", "acc"], "--metric", ["recorded: accuracy, cost_state_bytes, loss"]),
+        (["pareto"], "--objective", ["accuracy:max"]),
+        (["pareto", "--objective", "accuracy"], "--objective", ["METRIC:DIRECTION"]),
+        (["pareto", "--objective", "accuracy:best"], "--objective", ["max", "min"]),
+        (["pareto", "nope", "--objective", "accuracy:max"], "CAMPAIGN", ["first, second"]),
+        (["lineage", "999"], "CANDIDATE_ID", ["999 not found"]),
+        (["lineage", "1", "--format", "yaml"], "--format", ["table", "json", "csv"]),
+    ],
+)
+def test_usage_errors_exit_2(populated, args: list[str], hint: str, words: list[str]) -> None:
+    url, _ = populated
+    res = _invoke([*args, "--store", url])
+    assert res.exit_code == 2, res.output
+    flat = " ".join(res.output.replace("│", " ").split())  # rich boxes wrap long messages
+    assert hint in flat
+    for w in words:
+        assert w in flat
+
+
+def test_missing_store_exit_2(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.db"
+    res = _invoke(["leaderboard", "--store", str(missing)])
+    assert res.exit_code == 2 and "--store" in res.output
+    assert not missing.exists()
+
+
+# --- the campaign printers -------------------------------------------------------------------------
+
+campaign_app = typer.Typer()
+
+
+@campaign_app.command("list")
+def _list(fmt: str = typer.Option("table", "--format"), store: str = typer.Option(..., "--store")) -> None:
+    with Store.open(store, create=False) as s:
+        campaign_list(s, fmt)
+
+
+@campaign_app.command("show")
+def _show(name: str = typer.Argument(None), fmt: str = typer.Option("table", "--format"), store: str = typer.Option(..., "--store")) -> None:
+    with Store.open(store, create=False) as s:
+        campaign_show(s, name, fmt)
+
+
+def test_campaign_printers(populated) -> None:
+    url, ids = populated
+    res = runner.invoke(campaign_app, ["list", "--store", url, "--format", "json"])
+    assert res.exit_code == 0, res.output
+    listed = json.loads(res.stdout)
+    assert [c["name"] for c in listed] == ["first", "second"]
+    assert listed[1]["n_done"] == 3 and listed[1]["best"]["candidate_id"] == ids["c1"]
+    res = runner.invoke(campaign_app, ["list", "--store", url, "--format", "csv"])
+    rows = list(csv.DictReader(io.StringIO(res.stdout)))
+    assert [r["name"] for r in rows] == ["first", "second"] and json.loads(rows[1]["best"])["accuracy"] == 0.9
+    res = runner.invoke(campaign_app, ["list", "--store", url])
+    assert res.exit_code == 0 and "second" in res.stdout and "first" in res.stdout
+
+    res = runner.invoke(campaign_app, ["show", "--store", url, "--format", "json"])
+    shown = json.loads(res.stdout)
+    assert shown["name"] == "second" and shown["config"]["objective"]["metric"] == "accuracy"
+    res = runner.invoke(campaign_app, ["show", "first", "--store", url, "--format", "csv"])
+    assert next(csv.DictReader(io.StringIO(res.stdout)))["name"] == "first"
+    res = runner.invoke(campaign_app, ["show", "second", "--store", url])
+    assert res.exit_code == 0 and "top 3 by accuracy" in res.stdout and "queued 0" in res.stdout
+
+    for args, hint in [(["show", "nope"], "CAMPAIGN"), (["show", "--format", "xml"], "--format"), (["list", "--format", "xml"], "--format")]:
+        res = runner.invoke(campaign_app, [*args, "--store", url])
+        assert res.exit_code == 2 and hint in res.output, res.output
+
+
+def test_campaign_list_on_an_empty_store(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'empty.db'}"
+    Store.open(url).close()
+    res = runner.invoke(campaign_app, ["list", "--store", url])
+    assert res.exit_code == 0 and "no campaigns" in res.stdout
+    res = runner.invoke(campaign_app, ["list", "--store", url, "--format", "json"])
+    assert json.loads(res.stdout) == []
+
+
+def test_campaign_show_without_the_objective_metric(tmp_path: Path, make_spec) -> None:
+    url = f"sqlite:///{tmp_path / 'other.db'}"
+    with Store.open(url) as s:
+        cid = s.create_campaign("lossy", {"objective": {"metric": "accuracy"}}, seed=0)
+        _, ev = s.add_candidate(cid, make_spec(0), generation=0, parents=[], task="t", fidelity=10, seed=0)
+        s.finish_evaluation(ev, status="done", metrics={"loss": 0.5}, error=None, host=None, device=None, wall_time_s=1, weights=None)
+        assert s.get_campaign("lossy").best is None
+    res = runner.invoke(campaign_app, ["show", "--store", url])
+    assert res.exit_code == 0, res.output
+    assert "done 1" in res.stdout

@@ -1,0 +1,143 @@
+from __future__ import annotations
+
+import os
+import re
+import signal
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+from hybridnas.space import ArchSpec, LayerSpec
+from hybridnas.workers.evaluate import EvalRequest, EvalResult, evaluate
+from hybridnas.workers.executor import Executor, InProcessExecutor, RayExecutor, make_executor
+
+TASK = {"name": "mqar", "vocab_size": 17, "seq_len": 16, "num_kv_pairs": 2, "num_train": 300, "num_test": 32}
+TRAIN = {"batch_size": 8, "lr": 3e-3, "eval_batch_size": 32}
+SPEC = ArchSpec(d_model=16, layers=(LayerSpec("short_conv"), LayerSpec("attention", n_heads=2)), vocab_size=17)
+
+
+def _request(evaluation_id: int, seed: int = 0, **overrides: object) -> EvalRequest:
+    fields = {"evaluation_id": evaluation_id, "spec_json": SPEC.to_json(), "task": TASK, "train": TRAIN}
+    fields.update(steps=12, seed=seed)
+    return EvalRequest(**{**fields, **overrides})  # type: ignore[arg-type]
+
+
+REQUESTS = [_request(0, seed=0), _request(1, seed=1), _request(2, spec_json="{}")]
+
+
+def _drain(ex: Executor) -> list[EvalResult]:
+    results: list[EvalResult] = []
+    while ex.in_flight:
+        got = ex.wait(timeout=120)
+        assert got, "wait returned nothing while evaluations were in flight"
+        results.extend(got)
+    return results
+
+
+@pytest.fixture(scope="module")
+def reference() -> dict[int, EvalResult]:
+    """The requests evaluated directly in this process, single-threaded like a one-CPU worker."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return {r.evaluation_id: evaluate(r) for r in REQUESTS}
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(params=["inprocess", pytest.param("ray", marks=pytest.mark.ray)])
+def executor(request: pytest.FixtureRequest) -> Iterator[Executor]:
+    if request.param == "ray":
+        request.getfixturevalue("ray_cluster")
+        ex = make_executor("ray", workers=2)
+    else:
+        request.getfixturevalue("one_thread")
+        ex = make_executor("inprocess", workers=1)
+    yield ex
+    ex.close()
+
+
+def test_executor_contract_and_same_results_as_direct_evaluation(
+    executor: Executor, reference: dict[int, EvalResult]
+) -> None:
+    assert executor.in_flight == 0 and executor.wait(timeout=0.1) == []
+    for r in REQUESTS:
+        executor.submit(r)
+    assert executor.in_flight == 3
+    results = {r.evaluation_id: r for r in _drain(executor)}
+    assert sorted(results) == [0, 1, 2] and executor.in_flight == 0
+    assert executor.wait(timeout=0.1) == []
+
+    assert results[2].status == "failed" and results[2].error.startswith("invalid spec_json: ")
+    for i in (0, 1):
+        got, want = results[i], reference[i]
+        assert got.status == "done", got.error
+        for key in ("accuracy", "loss", "train_loss", "params", "cost_flops_per_token"):
+            assert got.metrics[key] == want.metrics[key], key
+        assert got.weights == want.weights
+    assert results[0].metrics["train_loss"] != results[1].metrics["train_loss"]
+
+    executor.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        executor.submit(REQUESTS[0])
+
+
+@pytest.mark.ray
+def test_ray_worker_that_dies_is_reported_and_replaced(ray_cluster: None) -> None:
+    ex = RayExecutor(workers=1)
+    try:
+        [pid] = ex.worker_pids()
+        ex.submit(_request(10, steps=1_000_000))  # long enough to be running when killed
+        os.kill(pid, signal.SIGKILL)
+        [died] = ex.wait(timeout=120)
+        assert died.evaluation_id == 10 and died.status == "failed"
+        assert died.error.startswith("worker died: "), died.error
+        assert ex.in_flight == 0
+        [new_pid] = ex.worker_pids()
+        assert new_pid != pid
+        ex.submit(_request(11))
+        [ok] = ex.wait(timeout=120)
+        assert ok.evaluation_id == 11 and ok.status == "done", ok.error
+    finally:
+        ex.close()
+
+
+@pytest.mark.ray
+def test_ray_worker_past_its_timeout_is_killed(ray_cluster: None) -> None:
+    # No grace: the request is overdue as soon as it is dispatched, long before the fresh actor
+    # has even imported torch, so the executor kills it rather than waiting for the trainer's check.
+    ex = RayExecutor(workers=1, kill_grace_s=0.0)
+    try:
+        ex.submit(_request(20, timeout_s=1e-3))
+        [killed] = ex.wait(timeout=120)
+        assert killed.status == "failed"
+        assert re.match(r"time limit of 0.001s exceeded: worker killed after \d+s", killed.error), killed.error
+        ex.submit(_request(21))
+        [ok] = ex.wait(timeout=120)
+        assert ok.status == "done", ok.error
+    finally:
+        ex.close()
+
+
+def test_in_process_runs_one_request_per_wait(one_thread: None) -> None:
+    ex = InProcessExecutor(capacity=2)
+    ex.submit(REQUESTS[2])
+    ex.submit(REQUESTS[2])
+    assert ex.capacity == 2 and ex.in_flight == 2
+    assert len(ex.wait()) == 1 and ex.in_flight == 1
+    assert len(ex.wait()) == 1 and ex.in_flight == 0
+
+
+def test_make_executor_validates_its_arguments() -> None:
+    with pytest.raises(ValueError, match=r"^kind: got 'dask', allowed: inprocess, ray$"):
+        make_executor("dask", workers=1)
+    with pytest.raises(ValueError, match=r"^workers: "):
+        make_executor("inprocess", workers=0)
+    with pytest.raises(ValueError, match=r"^cpus_per_worker: "):
+        make_executor("ray", workers=1, cpus_per_worker=0)
+    with pytest.raises(ValueError, match=r"^gpus_per_worker: "):
+        make_executor("ray", workers=1, gpus_per_worker=-1)
+    with pytest.raises(ValueError, match=r"^address: "):
+        make_executor("inprocess", workers=1, address="ray://head:10001")
+    assert isinstance(make_executor("in-process", workers=1), InProcessExecutor)

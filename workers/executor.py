@@ -1,0 +1,332 @@
+"""Executors run evaluations and hand back their results as they finish.
+
+Two implementations of one interface: `InProcessExecutor` (tests, debugging: runs each request in
+the calling process) and `RayExecutor` (campaigns: one long-lived Ray actor per worker, so torch and
+compiled kernels stay warm between evaluations). The controller keeps up to `capacity` requests
+submitted and calls `wait` for whatever has finished.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from abc import ABC, abstractmethod
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from hybridnas.workers.evaluate import EvalRequest, EvalResult, evaluate
+
+EXECUTORS: tuple[str, ...] = ("inprocess", "ray")
+# Spellings `make_executor` accepts for each kind.
+_ALIASES = {"inprocess": "inprocess", "in-process": "inprocess", "in_process": "inprocess", "ray": "ray"}
+
+
+class Executor(ABC):
+    """Runs evaluations; `wait` returns those finished since its last call."""
+
+    capacity: int  # evaluations it runs at once
+
+    @abstractmethod
+    def submit(self, request: EvalRequest) -> None:
+        """Queue `request`; it starts as soon as a worker is free."""
+
+    @abstractmethod
+    def wait(self, timeout: float | None = None) -> list[EvalResult]:
+        """Results finished since the last call. Blocks until at least one is ready when anything
+        is in flight, or until `timeout` seconds pass (then possibly []). Returns [] at once when
+        nothing is in flight."""
+
+    @property
+    @abstractmethod
+    def in_flight(self) -> int:
+        """Submitted requests whose result has not been returned yet."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Stop every worker. Results not yet returned are lost. Safe to call twice."""
+
+    def __enter__(self) -> Executor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class InProcessExecutor(Executor):
+    """Runs requests one at a time in the calling process, inside `wait`.
+
+    A run cannot be interrupted from here, so `timeout` does not cut one short: each `wait` runs
+    exactly one queued request (its own `timeout_s` still bounds its training).
+    """
+
+    def __init__(self, capacity: int = 1, device: torch.device | str | None = None) -> None:
+        if not isinstance(capacity, int) or isinstance(capacity, bool) or capacity < 1:
+            raise ValueError(f"capacity: got {capacity!r}, must be an integer >= 1")
+        self.capacity = capacity
+        self._device = device
+        self._queue: deque[EvalRequest] = deque()
+        self._closed = False
+
+    def submit(self, request: EvalRequest) -> None:
+        if self._closed:
+            raise RuntimeError("submit: the executor is closed")
+        self._queue.append(request)
+
+    def wait(self, timeout: float | None = None) -> list[EvalResult]:
+        if not self._queue:
+            return []
+        return [evaluate(self._queue.popleft(), self._device)]
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._queue)
+
+    def close(self) -> None:
+        self._queue.clear()
+        self._closed = True
+
+
+class _EvalActor:
+    """The body of one Ray worker: a process that evaluates requests one after another."""
+
+    def __init__(self, cpus: int) -> None:
+        # One intra-op thread per reserved core: oversubscribed OpenMP threads (two processes with
+        # two threads on two cores) run many times slower than one thread each.
+        torch.set_num_threads(cpus)
+        self._host = socket.gethostname()
+
+    def info(self) -> tuple[str, int]:
+        """(hostname, process id) of this worker."""
+        return self._host, os.getpid()
+
+    def run(self, request: EvalRequest) -> EvalResult:
+        return evaluate(request)
+
+
+@dataclass
+class _Running:
+    actor: Any  # ray ActorHandle
+    request: EvalRequest
+    started: float  # time.monotonic() at dispatch
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    return lines[0] if lines else type(e).__name__
+
+
+class RayExecutor(Executor):
+    """One long-lived Ray actor per worker; a dead actor is reported and replaced.
+
+    Without `address`, starts an embedded local cluster (`workers * cpus_per_worker` CPUs) unless
+    Ray is already initialized; with it, joins that cluster. `close` shuts Ray down only if this
+    executor started it. An actor still busy `kill_grace_s` after its request's `timeout_s` is
+    killed (its trainer checks the limit itself; this catches a hang inside a kernel).
+    """
+
+    def __init__(
+        self,
+        workers: int = 1,
+        address: str | None = None,
+        cpus_per_worker: int = 1,
+        gpus_per_worker: float = 0.0,
+        kill_grace_s: float = 60.0,
+    ) -> None:
+        import ray
+
+        _check_counts(workers, cpus_per_worker, gpus_per_worker)
+        self.capacity = workers
+        self._cpus = cpus_per_worker
+        self._kill_grace_s = kill_grace_s
+        self._started_ray = False
+        if not ray.is_initialized():
+            common: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": False}
+            if address is not None:
+                ray.init(address=address, **common)
+            else:
+                ray.init(num_cpus=workers * cpus_per_worker, include_dashboard=False, **common)
+            self._started_ray = True
+        options: dict[str, Any] = {"num_cpus": cpus_per_worker, "max_restarts": 0, "max_task_retries": 0}
+        if gpus_per_worker > 0:
+            options["num_gpus"] = gpus_per_worker
+        self._actor_cls = ray.remote(**options)(_EvalActor)
+        self._info: dict[Any, Any] = {}  # actor -> ObjectRef of its (hostname, pid), asked at start
+        self._idle: list[Any] = [self._new_actor() for _ in range(workers)]
+        self._queue: deque[EvalRequest] = deque()
+        self._running: dict[Any, _Running] = {}  # ObjectRef -> what it is running
+        self._closed = False
+
+    # -- actors ---------------------------------------------------------------------------------
+    def _new_actor(self) -> Any:
+        actor = self._actor_cls.remote(self._cpus)
+        self._info[actor] = actor.info.remote()
+        return actor
+
+    def _host_of(self, actor: Any) -> str:
+        import ray
+
+        ref = self._info.get(actor)
+        if ref is None:
+            return "unknown"
+        try:
+            ready, _ = ray.wait([ref], timeout=0)
+            return ray.get(ready[0])[0] if ready else "unknown"
+        except Exception:  # noqa: BLE001 - the actor is gone; its host is only a label
+            return "unknown"
+
+    def worker_pids(self, timeout: float | None = 60.0) -> list[int]:
+        """Process ids of the live worker actors (waits for actors still starting)."""
+        import ray
+
+        return [ray.get(ref, timeout=timeout)[1] for ref in self._info.values()]
+
+    def _retire(self, actor: Any) -> None:
+        import ray
+
+        self._info.pop(actor, None)
+        try:
+            ray.kill(actor, no_restart=True)
+        except Exception:  # noqa: BLE001 - already dead
+            pass
+
+    def _replace(self, actor: Any) -> None:
+        self._retire(actor)
+        if not self._closed:
+            self._idle.append(self._new_actor())
+
+    def _dispatch(self) -> None:
+        while self._idle and self._queue:
+            actor = self._idle.pop()
+            request = self._queue.popleft()
+            ref = actor.run.remote(request)
+            self._running[ref] = _Running(actor, request, time.monotonic())
+
+    def _failed(self, run: _Running, error: str) -> EvalResult:
+        return EvalResult(
+            evaluation_id=run.request.evaluation_id,
+            status="failed",
+            metrics={},
+            error=error,
+            host=self._host_of(run.actor),
+            device="unknown",
+            wall_time_s=time.monotonic() - run.started,
+        )
+
+    # -- interface ------------------------------------------------------------------------------
+    def submit(self, request: EvalRequest) -> None:
+        if self._closed:
+            raise RuntimeError("submit: the executor is closed")
+        self._queue.append(request)
+        self._dispatch()
+
+    def _collect(self, ref: Any) -> EvalResult:
+        import ray
+        from ray.exceptions import RayActorError
+
+        run = self._running.pop(ref)
+        try:
+            result = ray.get(ref)
+        except RayActorError as e:
+            failed = self._failed(run, f"worker died: {_first_line(e)}")
+            self._replace(run.actor)
+            return failed
+        except Exception as e:  # noqa: BLE001 - e.g. a result that could not be deserialized
+            self._idle.append(run.actor)
+            return self._failed(run, f"worker error: {_first_line(e)}")
+        self._idle.append(run.actor)
+        return result
+
+    def _kill_deadline(self, run: _Running) -> float | None:
+        if run.request.timeout_s is None:
+            return None
+        return run.started + run.request.timeout_s + self._kill_grace_s
+
+    def _kill_overdue(self) -> list[EvalResult]:
+        now = time.monotonic()
+        out = []
+        for ref, run in list(self._running.items()):
+            deadline = self._kill_deadline(run)
+            if deadline is not None and now > deadline:
+                del self._running[ref]
+                elapsed = now - run.started
+                reason = f"time limit of {run.request.timeout_s:g}s exceeded: worker killed after {elapsed:.0f}s"
+                out.append(self._failed(run, reason))
+                self._replace(run.actor)
+        return out
+
+    def wait(self, timeout: float | None = None) -> list[EvalResult]:
+        import ray
+
+        end = None if timeout is None else time.monotonic() + timeout
+        results: list[EvalResult] = []
+        while self._running:
+            now = time.monotonic()
+            wait_for = None if end is None else max(0.0, end - now)
+            kills = [d for d in map(self._kill_deadline, self._running.values()) if d is not None]
+            if kills:
+                to_kill = max(0.0, min(kills) - now)
+                wait_for = to_kill if wait_for is None else min(wait_for, to_kill)
+            refs = list(self._running)
+            ready, _ = ray.wait(refs, num_returns=1, timeout=wait_for)
+            if ready:  # take everything finished by now, not just the first
+                ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+            results.extend(self._collect(ref) for ref in ready)
+            results.extend(self._kill_overdue())
+            self._dispatch()
+            if results or (end is not None and time.monotonic() >= end):
+                break
+        return results
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._queue) + len(self._running)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        import ray
+
+        self._closed = True
+        self._queue.clear()
+        actors = self._idle + [run.actor for run in self._running.values()]
+        self._idle, self._running = [], {}
+        if ray.is_initialized():
+            for actor in actors:
+                self._retire(actor)
+            if self._started_ray:
+                ray.shutdown()
+
+
+def _check_counts(workers: Any, cpus_per_worker: Any, gpus_per_worker: Any) -> None:
+    for name, v in (("workers", workers), ("cpus_per_worker", cpus_per_worker)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"{name}: got {v!r}, must be an integer >= 1")
+    if not isinstance(gpus_per_worker, (int, float)) or isinstance(gpus_per_worker, bool) or gpus_per_worker < 0:
+        raise ValueError(f"gpus_per_worker: got {gpus_per_worker!r}, must be a number >= 0")
+
+
+def make_executor(
+    kind: str,
+    workers: int,
+    address: str | None = None,
+    cpus_per_worker: int = 1,
+    gpus_per_worker: float = 0,
+) -> Executor:
+    """`kind` is "inprocess" or "ray"; `workers` is the number of evaluations run at once."""
+    canonical = _ALIASES.get(kind) if isinstance(kind, str) else None
+    if canonical is None:
+        raise ValueError(f"kind: got {kind!r}, allowed: {', '.join(EXECUTORS)}")
+    _check_counts(workers, cpus_per_worker, gpus_per_worker)
+    if canonical == "ray":
+        return RayExecutor(workers, address, cpus_per_worker, gpus_per_worker)
+    if address is not None:
+        raise ValueError(f"address: got {address!r}, only the ray executor joins a cluster")
+    return InProcessExecutor(capacity=workers)
+
+
+__all__ = ["EXECUTORS", "Executor", "InProcessExecutor", "RayExecutor", "make_executor"]
