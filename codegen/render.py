@@ -19,6 +19,7 @@ import math
 import re
 import sys
 import types
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,6 @@ from hybridnas.space.spec import (
     MLPS,
     NORMS,
     PLACEMENTS,
-    RECURRENT_MIXERS,
     ArchSpec,
     LayerSpec,
     SpecError,
@@ -187,27 +187,23 @@ def _check_fallback(text: str, origin: str) -> _CheckedSource:
     except SyntaxError as e:
         raise RenderError(f"{origin}: does not parse: {e}") from e
     allowed_roots = set(sys.stdlib_module_names) | {"torch"}
-    drop: set[int] = set()
+    drop: set[int] = set()  # line numbers of `from __future__` imports: they must open a file
     for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom):
+        if isinstance(node, ast.Import):
+            roots = [a.name.split(".")[0] for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
             if node.level:
                 raise RenderError(f"{origin}:{node.lineno}: relative imports cannot be embedded in a standalone module")
-            root = (node.module or "").split(".")[0]
-        elif isinstance(node, ast.Import):
-            roots = {a.name.split(".")[0] for a in node.names}
-            bad = roots - allowed_roots
-            if bad:
-                raise RenderError(f"{origin}:{node.lineno}: imports {sorted(bad)}; the fallback may import only torch and the standard library")
-            continue
+            roots = [(node.module or "").split(".")[0]]
         else:
             continue
-        if root == "__future__":
+        bad = sorted(set(roots) - allowed_roots)
+        if bad:
+            raise RenderError(f"{origin}:{node.lineno}: imports {bad}; the fallback may import only torch and the stdlib")
+        if roots == ["__future__"]:
             if node not in tree.body:
                 raise RenderError(f"{origin}:{node.lineno}: misplaced __future__ import")
-            end = node.end_lineno or node.lineno
-            drop.update(range(node.lineno, end + 1))
-        elif root not in allowed_roots:
-            raise RenderError(f"{origin}:{node.lineno}: imports {root!r}; the fallback may import only torch and the standard library")
+            drop.update(range(node.lineno, (node.end_lineno or node.lineno) + 1))
     defs, imports = _top_level_names(tree.body)
     missing = [f for f in _FALLBACK_FUNCTIONS if f not in defs]
     if missing:
@@ -328,7 +324,7 @@ def _revalidate(spec: Any) -> ArchSpec:
         raise RenderError(f"spec: expected an ArchSpec, got {type(spec).__name__}")
     try:
         return ArchSpec.from_dict(spec.to_dict())
-    except (SpecError, TypeError) as e:
+    except (SpecError, ValueError, TypeError, KeyError) as e:
         raise RenderError(f"spec: invalid genome: {e}") from e
 
 
@@ -362,7 +358,6 @@ def render(spec: ArchSpec, name: str = "hybrid") -> str:
         mixers=list(classes.values()),
         layer_classes=layer_classes,
         mlp_hidden=mlp_hidden(spec),
-        recurrent=any(m in RECURRENT_MIXERS for m in spec.mixers),
         kernels=kernels,
     )
     source = "\n".join(line.rstrip() for line in source.splitlines()) + "\n"
@@ -378,6 +373,22 @@ def render(spec: ArchSpec, name: str = "hybrid") -> str:
 # --- building ------------------------------------------------------------------------------------
 
 
+#: Generated modules kept registered (sys.modules + linecache), oldest dropped first, so a
+#: long-lived worker that builds thousands of candidates does not grow without bound. Models
+#: of a dropped module keep working; only its tracebacks lose their source lines.
+MAX_REGISTERED_MODULES = 64
+_registered: OrderedDict[str, str] = OrderedDict()  # module name -> linecache filename
+
+
+def _register(module_name: str, filename: str) -> None:
+    _registered[module_name] = filename
+    _registered.move_to_end(module_name)
+    while len(_registered) > MAX_REGISTERED_MODULES:
+        old_module, old_file = _registered.popitem(last=False)
+        sys.modules.pop(old_module, None)
+        linecache.cache.pop(old_file, None)
+
+
 def build_module(spec: ArchSpec, name: str = "hybrid") -> types.ModuleType:
     """Render `spec` and execute the source as a fresh module registered in `sys.modules`.
 
@@ -387,10 +398,11 @@ def build_module(spec: ArchSpec, name: str = "hybrid") -> types.ModuleType:
     source = render(spec, name)
     digest = hashlib.sha256(source.encode()).hexdigest()[:16]
     module_name = f"hybridnas_generated_{name}_{digest}"
+    filename = f"<hybridnas:modeling_{name}_{digest}.py>"
     existing = sys.modules.get(module_name)
     if existing is not None and getattr(existing, "__hybridnas_source__", None) == source:
+        _register(module_name, filename)
         return existing
-    filename = f"<hybridnas:modeling_{name}_{digest}.py>"
     linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
     module = types.ModuleType(module_name)
     module.__file__ = filename
@@ -400,7 +412,9 @@ def build_module(spec: ArchSpec, name: str = "hybrid") -> types.ModuleType:
         exec(compile(source, filename, "exec"), module.__dict__)
     except BaseException:
         del sys.modules[module_name]
+        linecache.cache.pop(filename, None)
         raise
+    _register(module_name, filename)
     return module
 
 

@@ -37,52 +37,54 @@ def _chunks(x: Tensor, C: int, acc: torch.dtype) -> Tensor:
     return x.reshape(B * H, N, C, *x.shape[4:])
 
 
-def _scores(x: Tensor, y: Tensor, b: Tensor, strict: bool) -> Tensor:
-    """A[t, s] = sum_k x[t,k] y[s,k] exp(b[t,k] - b[s,k]) for s <= t (s < t if strict), else 0.
+def _scores(x: Tensor, y: Tensor, b: Optional[Tensor]) -> Tensor:
+    """A[t, s] = sum_k x[t,k] y[s,k] exp(b[t,k] - b[s,k]) for s <= t, else 0.
 
-    x, y: [..., C, K]; b: [..., C, 1] (one decay per head) or [..., C, K] (per channel), the
-    chunk-local cumulative log decay. Returns [..., C, C].
+    x: [..., C, K] (extra leading dims broadcast against y), y: [..., C, K]; b: None (no decay),
+    [..., C, 1] (one decay per head) or [..., C, K] (per channel), the chunk-local cumulative log
+    decay. Returns [..., C, C].
     """
     C = x.shape[-2]
-    mask = torch.ones(C, C, dtype=torch.bool, device=x.device).tril(-1 if strict else 0)
-    if b.shape[-1] == 1:  # scalar decay: one [C, C] matrix of ratios, masked before exp
-        ratio = (b - b.transpose(-1, -2)).masked_fill(~mask, -math.inf).exp()
-        return (x @ y.transpose(-1, -2)) * ratio
-    lead, K = x.shape[:-2], x.shape[-1]
-    A = x.new_zeros(*lead, C, C)
-    if not strict:
-        A.diagonal(dim1=-2, dim2=-1).copy_((x * y).sum(-1))
-    h = C // 2
-    while h >= 1:  # blocks of 2h tokens: second half (rows) against first half (columns)
+    if b is None or b.shape[-1] == 1:  # one [C, C] matrix of ratios, masked before exp
+        mask = torch.ones(C, C, dtype=torch.bool, device=x.device).tril()
+        A = x @ y.transpose(-1, -2)
+        if b is None:
+            return A.masked_fill(~mask, 0.0)
+        ratio = torch.where(mask, b - b.transpose(-1, -2), 0.0).exp()
+        return torch.where(mask, A * ratio, 0.0)
+    # Per channel, bottom-up: A holds the lower-triangular diagonal blocks of size h; each level
+    # joins pairs of them with the block where the second half attends to the first half.
+    A = (x * y).sum(-1)[..., None, None]  # [..., C, 1, 1]
+    h = 1
+    while h < C:
         n = C // (2 * h)
-        xb, yb, bb = (z.reshape(*lead, n, 2, h, K) for z in (x, y, b))
+        xb, yb, bb = (z.unflatten(-2, (n, 2, h)) for z in (x, y, b))  # [..., n, 2, h, K]
         ref = bb[..., 0, h - 1 :, :]  # [..., n, 1, K] last token of the first half
         xs = xb[..., 1, :, :] * (bb[..., 1, :, :] - ref).exp()  # [..., n, h, K], factors <= 1
         ys = yb[..., 0, :, :] * (ref - bb[..., 0, :, :]).exp()  # [..., n, h, K], factors <= 1
-        blk = xs @ ys.transpose(-1, -2) if h > 1 else (xs * ys).sum(-1, keepdim=True)  # [..., n, h, h]
-        # Scatter block i to rows 2hi+h.., columns 2hi..: the diagonal over the two block axes.
-        view = A.view(*lead, n, 2, h, n, 2, h).diagonal(dim1=len(lead), dim2=len(lead) + 3)
-        view[..., 1, :, 0, :, :].copy_(blk.movedim(-3, -1))
-        h //= 2
-    return A
+        low = xs @ ys.transpose(-1, -2)  # [..., n, h, h]
+        first, second = A[..., 0::2, :, :], A[..., 1::2, :, :]
+        A = torch.cat([torch.cat([first, torch.zeros_like(first)], -1), torch.cat([low, second], -1)], -2)
+        h *= 2
+    return A.reshape(*A.shape[:-3], C, C)
 
 
 def _unit_lower_inverse(L: Tensor) -> Tensor:
-    """Inverse of unit lower-triangular L [..., C, C] (C a power of two) by block doubling.
+    """(I + strictly_lower(L))^-1 for L [..., C, C], C a power of two; L's diagonal is ignored.
 
-    [[A, 0], [B, D]]^-1 = [[A^-1, 0], [-D^-1 B A^-1, D^-1]]: batched matmuls instead of a per-matrix
-    triangular solve, which is slow for many small matrices on CPU.
+    Block doubling, [[A, 0], [B, D]]^-1 = [[A^-1, 0], [-D^-1 B A^-1, D^-1]]: batched matmuls
+    instead of a per-matrix triangular solve, which is slow for many small matrices on CPU.
     """
     C, lead = L.shape[-1], L.shape[:-2]
     X = torch.ones(*lead, C, 1, 1, dtype=L.dtype, device=L.device)  # inverses of the 1x1 diagonal blocks
     h = 1
     while h < C:
         n = C // (2 * h)
-        Bl = L.view(*lead, n, 2, h, n, 2, h).diagonal(dim1=len(lead), dim2=len(lead) + 3)[..., 1, :, 0, :, :]
-        Bl = Bl.movedim(-1, -3)  # [..., n, h, h] lower-left block of each 2h block
-        A, D = X[..., 0::2, :, :], X[..., 1::2, :, :]  # [..., n, h, h]
-        low = -(D @ Bl) @ A if h > 1 else -D * Bl * A
-        X = torch.cat([torch.cat([A, torch.zeros_like(A)], -1), torch.cat([low, D], -1)], -2)  # [..., n, 2h, 2h]
+        low = L.unflatten(-2, (n, 2, h)).unflatten(-1, (n, 2, h))  # [..., n, 2, h, n, 2, h]
+        low = low.diagonal(dim1=-6, dim2=-3)[..., 1, :, 0, :, :].movedim(-1, -3)  # [..., n, h, h]
+        first, second = X[..., 0::2, :, :], X[..., 1::2, :, :]  # [..., n, h, h]
+        low = -(second @ low @ first) if h > 1 else -low
+        X = torch.cat([torch.cat([first, torch.zeros_like(first)], -1), torch.cat([low, second], -1)], -2)
         h *= 2
     return X.reshape(*lead, C, C)
 
@@ -129,11 +131,9 @@ def chunk_gated_linear_attention(
     scale = K**-0.5 if scale is None else scale
     q, k, v = (_chunks(x, C, acc) for x in (q, k, v))  # [BH, N, C, *]
     q = q * scale
-    if b is None:
-        A = (q @ k.transpose(-1, -2)).tril()  # [BH, N, C, C]
-        decay = None
-    else:
-        A = _scores(q, k, b, strict=False)
+    A = _scores(q, k, b)  # [BH, N, C, C]
+    decay = None
+    if b is not None:
         last = b[..., -1:, :]  # [BH, N, 1, K'] log decay over the whole chunk
         q = q * b.exp()  # decay from the chunk start to t
         k = k * (last - b).exp()  # decay from s to the chunk end
@@ -174,23 +174,25 @@ def chunk_gated_delta_rule(
     q, k, v = (_chunks(x, C, acc) for x in (q, k, v))  # [BH, N, C, *]
     beta = _chunks(beta, C, acc)[..., None]  # [BH, N, C, 1]
     q = q * scale
+    Aqk, Akk = _scores(torch.stack([q, k * beta]), k, b).unbind(0)  # [BH, N, C, C] each
+    Tm = _unit_lower_inverse(Akk)  # (I + diag(beta) strictly_lower(A_kk))^-1
+    ke, qe, kd = k, q, k.transpose(-1, -2)
+    if b is not None:
+        last, eb = b[..., -1:, :], b.exp()  # [BH, N, 1, K'], [BH, N, C, K']
+        ke, qe, kd = k * eb, q * eb, (k * (last - b).exp()).transpose(-1, -2)  # kd [BH, N, K, C]
+    UW = Tm @ (torch.cat([v, ke], -1) * beta)  # [BH, N, C, V+K]: W = U - Wk S0
+    RM = kd @ UW  # [BH, N, K, V+K]
+    R, KW = RM[..., :V], RM[..., V:]
     if b is None:
-        b = q.new_zeros(*q.shape[:-1], 1)
-    Akk = _scores(k, k, b, strict=True)  # [BH, N, C, C]
-    Aqk = _scores(q, k, b, strict=False)
-    last = b[..., -1:, :]  # [BH, N, 1, K']
-    eye = torch.eye(C, dtype=acc, device=q.device)
-    Tm = _unit_lower_inverse(eye + beta * Akk)  # [BH, N, C, C]
-    U, Wk = (Tm @ torch.cat([v * beta, k * b.exp() * beta], -1)).split([V, K], -1)  # [BH, N, C, V], [.., K]
-    kd = (k * (last - b).exp()).transpose(-1, -2)  # [BH, N, K, C] decayed to the chunk end
-    M = torch.diag_embed(last.exp().expand(*last.shape[:-1], K).squeeze(-2)) - kd @ Wk  # [BH, N, K, K]
-    R = kd @ U  # [BH, N, K, V]
+        M = torch.eye(K, dtype=acc, device=q.device) - KW  # [BH, N, K, K]: S_next = M S + R
+    else:
+        M = torch.diag_embed(last.exp().expand(*last.shape[:-1], K).squeeze(-2)) - KW
     S = q.new_zeros(B * H, K, V) if initial_state is None else initial_state.to(acc).reshape(B * H, K, V)
     states = []
     for m, r in zip(M.unbind(1), R.unbind(1)):
         states.append(S)
-        S = torch.baddbmm(r, m, S)  # S_next = M S + R
-    Sb = torch.stack(states, 1)  # [BH, N, K, V] state entering each chunk
-    o = (q * b.exp()) @ Sb + Aqk @ (U - Wk @ Sb)  # [BH, N, C, V]
+        S = torch.baddbmm(r, m, S)
+    AUW = Aqk @ UW  # [BH, N, C, V+K]
+    o = (qe - AUW[..., V:]) @ torch.stack(states, 1) + AUW[..., :V]  # [BH, N, C, V]
     final = S.reshape(B, H, K, V) if output_final_state else None
     return _unchunk(o, B, T, H, dtype), final

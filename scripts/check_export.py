@@ -2,8 +2,8 @@
 
 Usage: python scripts/check_export.py EXPORT_DIR
 
-An import hook refuses every top-level module that is not in the standard library, torch (and the
-packages torch itself imports), safetensors or numpy, so the export must stand on its own.
+torch and safetensors are imported first; then an import hook refuses every top-level module that is
+not in the standard library or already loaded by them, so the export must stand on its own.
 """
 
 from __future__ import annotations
@@ -14,14 +14,19 @@ import json
 import sys
 from pathlib import Path
 
-ALLOWED = {"torch", "safetensors", "numpy", "typing_extensions", "sympy", "mpmath", "networkx", "filelock",
-           "fsspec", "jinja2", "markupsafe", "_distutils_hack", "optree", "opt_einsum"}
 
 
 class OnlyTorch(importlib.abc.MetaPathFinder):
+    def __init__(self) -> None:
+        import safetensors.torch  # noqa: F401
+        import torch  # noqa: F401
+
+        self.allowed = {name.split(".")[0] for name in sys.modules}
+        assert "hybridnas" not in self.allowed
+
     def find_spec(self, fullname, path, target=None):  # noqa: ANN001
         top = fullname.split(".")[0]
-        if top in sys.stdlib_module_names or top in ALLOWED or top.startswith("_") or top.startswith("modeling_"):
+        if top in sys.stdlib_module_names or top in self.allowed or top.startswith("modeling_"):
             return None
         raise ImportError(f"{fullname} is not importable here: the export must need only torch and safetensors")
 

@@ -13,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from hybridnas.search.campaign import Campaign, CampaignFileError, load_campaign, parse_campaign
 from hybridnas.search.controller import Controller, Event, RunSummary
 from hybridnas.search.export import export_candidate
-from hybridnas.store import Store
+from hybridnas.store import Store, StoreNotFound
 from hybridnas.store.cli import campaign_list, campaign_show, print_leaderboard
 
 campaign_app = typer.Typer(help="Launch, resume and inspect search campaigns.", no_args_is_help=True)
@@ -27,6 +27,15 @@ FormatOpt = typer.Option("table", "--format", help="table | json | csv")
 def fail(message: str, code: int = 2) -> None:
     err.print(f"[bold red]error:[/] {message}", highlight=False)
     raise typer.Exit(code)
+
+
+def _open_existing(url: str | None) -> Store:
+    """Open a store that must already exist: reading never creates an empty database."""
+    try:
+        return Store.open(url, create=False)
+    except StoreNotFound as e:
+        fail(str(e))
+        raise
 
 
 def _load(file: Path, **overrides: object) -> Campaign:
@@ -142,7 +151,7 @@ def resume(
     """Continue a stopped or interrupted campaign: recorded results are kept, unfinished ones run again."""
     if executor is not None and executor not in ("ray", "inprocess"):
         fail(f"--executor: {executor!r} is not allowed; allowed: ray, inprocess")
-    st = Store.open(store)
+    st = _open_existing(store)
     try:
         try:
             info = st.get_campaign(name)
@@ -171,7 +180,7 @@ def validate(file: Path = typer.Argument(..., help="Campaign YAML file.")) -> No
 @campaign_app.command("list")
 def list_(store: Optional[str] = StoreOpt, fmt: str = FormatOpt) -> None:
     """All campaigns in the store."""
-    st = Store.open(store)
+    st = _open_existing(store)
     try:
         campaign_list(st, fmt)
     finally:
@@ -185,7 +194,7 @@ def show(
     fmt: str = FormatOpt,
 ) -> None:
     """One campaign: its status, counts and configuration."""
-    st = Store.open(store)
+    st = _open_existing(store)
     try:
         campaign_show(st, name, fmt)
     finally:
@@ -199,7 +208,7 @@ def export_command(
     name: Optional[str] = typer.Option(None, "--name", help="Module name (modeling_<name>.py)."),
 ) -> None:
     """Export a candidate as a standalone module: modeling_<name>.py, config.json, model.safetensors."""
-    st = Store.open(store)
+    st = _open_existing(store)
     try:
         try:
             path = export_candidate(st, candidate_id, out_dir, name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from hybridnas.space.cost import CostEstimate, estimate_cost
 from hybridnas.space.errors import format_validation_error
 from hybridnas.space.space import HybridChoices, LayerChoices, SearchSpace, SpaceFile
 from hybridnas.space.spec import (
@@ -33,6 +34,7 @@ __all__ = [
     "PLACEMENTS",
     "RECURRENT_MIXERS",
     "ArchSpec",
+    "CostEstimate",
     "HybridChoices",
     "HybridGenes",
     "LayerChoices",
@@ -40,5 +42,6 @@ __all__ = [
     "SearchSpace",
     "SpaceFile",
     "SpecError",
+    "estimate_cost",
     "format_validation_error",
 ]

@@ -20,7 +20,7 @@ from rich.table import Table
 
 from hybridnas.store.db import Store
 from hybridnas.store.models import CampaignInfo, CampaignNotFound, CandidateNotFound, SchemaVersionError, StoreNotFound
-from hybridnas.store.queries import DIRECTIONS, ROW_KEYS, normalize_direction
+from hybridnas.store.queries import ROW_KEYS, normalize_direction
 
 
 class OutputFormat(str, Enum):
@@ -195,6 +195,30 @@ def campaign_show(store: Store, name: str | None, fmt: str | OutputFormat = Outp
         emit(top, fmt, title=f"top {len(top)} by {info.metric}")
 
 
+def print_leaderboard(
+    store: Store,
+    campaign: str | None,
+    *,
+    metric: str = "accuracy",
+    direction: str = "maximize",
+    limit: int | None = None,
+    fmt: str | OutputFormat = OutputFormat.table,
+    task: str | None = None,
+) -> None:
+    """The leaderboard of a campaign (the most recent when None) in `fmt`; bad input is exit 2."""
+    fmt = check_format(fmt)
+    try:
+        direction = normalize_direction(direction)
+    except ValueError:
+        raise typer.BadParameter(f"{direction!r} is not one of maximize, minimize, max, min", param_hint="'--direction'") from None
+    info = resolve_campaign(store, campaign)
+    try:
+        rows = store.leaderboard(info.id, metric=metric, direction=direction, limit=limit, task=task)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="'--metric'") from None
+    emit(rows, fmt, title=f"{info.name}: leaderboard by {metric} ({direction})", columns=ROW_KEYS)
+
+
 # --- query commands ------------------------------------------------------------------------------
 
 
@@ -209,15 +233,8 @@ def leaderboard_cmd(
     store_url: StoreOption = None,
 ) -> None:
     """Candidates ranked by a metric at their highest trained fidelity (mean over seeds)."""
-    if str(direction).lower() not in DIRECTIONS:
-        raise typer.BadParameter(f"{direction!r} is not one of maximize, minimize, max, min", param_hint="'--direction'")
     with open_store(store_url) as store:
-        info = resolve_campaign(store, campaign)
-        try:
-            rows = store.leaderboard(info.id, metric=metric, direction=direction, limit=limit, task=task)
-        except ValueError as e:
-            raise typer.BadParameter(str(e), param_hint="'--metric'") from None
-        emit(rows, fmt, title=f"{info.name}: leaderboard by {metric} ({normalize_direction(direction)})", columns=ROW_KEYS)
+        print_leaderboard(store, campaign, metric=metric, direction=direction, limit=limit, fmt=fmt, task=task)
 
 
 def parse_objective(text: str) -> tuple[str, str]:
@@ -241,7 +258,7 @@ def pareto_cmd(
     fmt: FormatOption = OutputFormat.table,
     store_url: StoreOption = None,
 ) -> None:
-    """The non-dominated candidates under two or more objectives."""
+    """The non-dominated candidates under one or more objectives (repeat --objective)."""
     if not objective:
         raise typer.BadParameter("give at least one, e.g. --objective accuracy:max --objective cost_state_bytes:min", param_hint="'--objective'")
     objs = [parse_objective(o) for o in objective]
@@ -273,4 +290,4 @@ def lineage_cmd(
         emit(rows, fmt, title=f"lineage of candidate {candidate_id}", columns=EDGE_KEYS)
 
 
-__all__ = ["query_app", "campaign_list", "campaign_show", "emit", "open_store", "resolve_campaign", "check_format", "OutputFormat", "ROW_KEYS"]
+__all__ = ["query_app", "campaign_list", "campaign_show", "print_leaderboard", "emit", "open_store", "resolve_campaign", "check_format", "OutputFormat", "ROW_KEYS"]

@@ -205,18 +205,22 @@ def clean_json(value: Any, argument: str) -> Any:
 
 
 def _check_int(value: Any, argument: str, lo: int | None = None) -> int:
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or (lo is not None and value < lo):
-        bound = "" if lo is None else f" >= {lo}"
+    bound = "" if lo is None else f" >= {lo}"
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
         raise TypeError(f"{argument}: got {value!r}, must be an integer{bound}")
+    if lo is not None and value < lo:
+        raise ValueError(f"{argument}: got {value!r}, must be an integer{bound}")
     return int(value)
 
 
 def _check_text(value: Any, argument: str, max_len: int | None = None, optional: bool = False) -> str | None:
     if value is None and optional:
         return None
-    if not isinstance(value, str) or not value or (max_len is not None and len(value) > max_len):
-        limit = f" of at most {max_len} characters" if max_len else ""
-        raise TypeError(f"{argument}: got {value!r}, must be a non-empty string{limit}")
+    limit = f" of at most {max_len} characters" if max_len else ""
+    if not isinstance(value, str):
+        raise TypeError(f"{argument}: got {type(value).__name__}, must be a non-empty string{limit}")
+    if not value or (max_len is not None and len(value) > max_len):
+        raise ValueError(f"{argument}: got {value[:40]!r}{'...' if len(value) > 40 else ''}, must be a non-empty string{limit}")
     return value
 
 
@@ -552,8 +556,10 @@ class Store:
         _check_text(host, "host", 255, optional=True)
         _check_text(device, "device", 255, optional=True)
         if wall_time_s is not None:
-            if not isinstance(wall_time_s, numbers.Real) or isinstance(wall_time_s, bool) or not math.isfinite(wall_time_s) or wall_time_s < 0:
+            if not isinstance(wall_time_s, numbers.Real) or isinstance(wall_time_s, bool):
                 raise TypeError(f"wall_time_s: got {wall_time_s!r}, must be a finite number >= 0 or None")
+            if not math.isfinite(wall_time_s) or wall_time_s < 0:
+                raise ValueError(f"wall_time_s: got {wall_time_s!r}, must be a finite number >= 0 or None")
             wall_time_s = float(wall_time_s)
         blob = None
         if weights is not None:
@@ -690,6 +696,14 @@ class Store:
                 evaluations=tuple(self._evaluation_infos(s, Evaluation.candidate_id == candidate_id)),
                 artifacts=tuple(self._artifact_info(a) for a in arts),
             )
+
+    def campaign_of(self, candidate_id: int) -> str:
+        """The name of the campaign a candidate belongs to."""
+        with self._read() as s:
+            name = s.scalar(select(Campaign.name).join(Candidate, Candidate.campaign_id == Campaign.id).where(Candidate.id == candidate_id))
+            if name is None:
+                raise CandidateNotFound(f"candidate id {candidate_id} not found")
+            return name
 
     def weights_path(self, candidate_id: int) -> Path | None:
         """Weights of the candidate's highest-fidelity done evaluation, sha256-verified.

@@ -286,7 +286,7 @@ class CampaignInfo:
     best: dict[str, Any] | None = field(default=None)  # top leaderboard row by that objective, if any
 
     def to_dict(self, *, with_config: bool = True) -> dict[str, Any]:
-        d = {f: getattr(self, f) for f in self.__dataclass_fields__}
+        d = {"name": self.name, **{f: getattr(self, f) for f in self.__dataclass_fields__}}  # name leads
         if not with_config:
             del d["config"]
         return _jsonable(d)

@@ -20,7 +20,16 @@ def _two_layer_spec(mixer: str, **model_genes: object) -> ArchSpec:
     """Two layers of `mixer`: one with short conv, swish gate and expanded state, one plain with more heads."""
     recurrent = mixer in RECURRENT_MIXERS
     layers = (
-        LayerSpec(mixer, n_heads=2, short_conv=True, conv_size=3, gate="swish", window=3, feature_map="elu", expand_k=2.0 if recurrent else 1.0),
+        LayerSpec(
+            mixer,
+            n_heads=2,
+            short_conv=True,
+            conv_size=3,
+            gate="swish",
+            window=3,
+            feature_map="elu",
+            expand_k=2.0 if recurrent else 1.0,
+        ),
         LayerSpec(mixer, n_heads=4, gate="sigmoid", window=5, feature_map="relu", conv_size=4),
     )
     genes: dict[str, object] = {"d_model": 16, "vocab_size": 13}

@@ -102,8 +102,12 @@ def test_export_round_trip_without_hybridnas(tmp_path: Path) -> None:
 
 def test_standalone_process_really_lacks_hybridnas(tmp_path: Path) -> None:
     # The isolation the round trip relies on: the same interpreter flags cannot see hybridnas.
-    code = "import sys, json; sys.path.extend(json.loads(sys.argv[1])); import importlib.util; print(importlib.util.find_spec('hybridnas'))"
-    proc = subprocess.run([sys.executable, "-I", "-S", "-c", code, json.dumps(_site_dirs())], capture_output=True, text=True, cwd=tmp_path)
+    code = (
+        "import sys, json; sys.path.extend(json.loads(sys.argv[1])); "
+        "import importlib.util; print(importlib.util.find_spec('hybridnas'))"
+    )
+    cmd = [sys.executable, "-I", "-S", "-c", code, json.dumps(_site_dirs())]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "None"
 

@@ -120,7 +120,8 @@ def test_torch_fallbacks_match_hybridnas_kernels(mixer: str, mixer_spec: Callabl
     ids = torch.randint(0, VOCAB, (2, T), generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         fast_full, fast_dec = model(ids), _decode(model, ids, prefill=3)
-    saved = {k: getattr(module, k) for k in ("_conv_kernel", "_delta_kernel", "_delta_step", "_gla_kernel", "_gla_step", "_attention_kernel")}
+    names = ("_conv_kernel", "_delta_kernel", "_delta_step", "_gla_kernel", "_gla_step", "_attention_kernel")
+    saved = {k: getattr(module, k) for k in names}
     try:
         module._conv_kernel = module._torch_causal_conv1d
         module._delta_kernel = module.chunk_gated_delta_rule

@@ -11,6 +11,7 @@ import sys
 from typing import Any, Callable
 
 import pytest
+import torch
 
 from hybridnas.codegen import RenderError, build_module, render
 from hybridnas.space.spec import MIXERS, ArchSpec, HybridGenes, LayerSpec
@@ -85,7 +86,14 @@ def test_one_class_per_distinct_layer_configuration() -> None:
     mixer_classes = [n.name for n in tree.body if isinstance(n, ast.ClassDef) and "Mixer" in n.name]
     assert mixer_classes == ["GatedDeltanetMixer0", "SwaMixer1"]
     module = build_module(spec)
-    assert [c.__name__ for c in module.LAYER_CLASSES] == ["GatedDeltanetMixer0"] * 3 + ["SwaMixer1"] + ["GatedDeltanetMixer0"] * 3 + ["SwaMixer1"]
+    assert [c.__name__ for c in module.LAYER_CLASSES] == (["GatedDeltanetMixer0"] * 3 + ["SwaMixer1"]) * 2
+    # The hybrid genes travel in the embedded spec too (they are not part of the hash).
+    consts = {t.id: n.value for n in tree.body if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)}
+    assert json.loads(ast.literal_eval(consts["SPEC_JSON"])) == spec.to_dict()
+    patterned = ArchSpec.from_hybrid(
+        HybridGenes(placement="LALL", ratio="all_linear"), d_model=16, n_layers=4, n_heads=2, vocab_size=9
+    )
+    assert '"placement":"LALL"' in render(patterned)
     # Unused options do not split a class: a window on a recurrent layer changes nothing.
     a = ArchSpec(d_model=16, layers=(LayerSpec("gla", window=3), LayerSpec("gla", window=7)), vocab_size=9)
     assert len([n for n in ast.parse(render(a)).body if isinstance(n, ast.ClassDef) and "Mixer" in n.name]) == 1
@@ -198,3 +206,25 @@ def test_embedded_kernel_source_is_checked() -> None:
     real = render_module._fallback_source()
     src = render(ArchSpec(d_model=16, layers=(LayerSpec("gla"),), vocab_size=5))
     assert real.text in src
+
+
+@pytest.mark.parametrize(("mlp", "expected"), [("swiglu", {"w1", "w2", "w3"}), ("gelu", {"fc1", "fc2"}), ("none", set())])
+def test_mlp_kinds_render_only_what_they_use(mlp: str, expected: set[str]) -> None:
+    spec = ArchSpec(d_model=16, layers=(LayerSpec("retnet"),), vocab_size=9, mlp=mlp)
+    tree = ast.parse(render(spec))
+    mlp_classes = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "MLP"]
+    assert len(mlp_classes) == (0 if mlp == "none" else 1)
+    block = build_module(spec).Model().layers[0]
+    assert {name for name, _ in block.named_children()} - {"norm1", "mixer", "norm2", "mlp"} == set()
+    assert ({n for n, _ in block.mlp.named_children()} if mlp != "none" else set()) == expected
+    assert hasattr(block, "norm2") == (mlp != "none")
+
+
+def test_registered_generated_modules_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(render_module, "MAX_REGISTERED_MODULES", 2)
+    specs = [ArchSpec(d_model=16, layers=(LayerSpec("gla", n_heads=h),), vocab_size=9) for h in (1, 2, 4)]
+    modules = [build_module(s, "bounded") for s in specs]
+    assert modules[0].__name__ not in sys.modules
+    assert modules[1].__name__ in sys.modules and modules[2].__name__ in sys.modules
+    assert build_module(specs[1], "bounded") is modules[1]  # identical source: the same module
+    assert modules[0].Model()(torch.zeros(1, 2, dtype=torch.long)).shape == (1, 2, 9)  # still usable

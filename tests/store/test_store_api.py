@@ -116,8 +116,10 @@ def test_campaign_not_found_names_known_campaigns(store: Store) -> None:
 
 
 def test_campaign_bad_input(store: Store) -> None:
-    with pytest.raises(TypeError, match="name"):
+    with pytest.raises(ValueError, match="name"):
         store.create_campaign("", {}, seed=0)
+    with pytest.raises(TypeError, match="name"):
+        store.create_campaign(None, {}, seed=0)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="config"):
         store.create_campaign("c", [1, 2], seed=0)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="config.bad"):
@@ -205,16 +207,17 @@ def test_failing_add_leaves_nothing(store: Store, make_spec) -> None:
     assert store.find_candidate(cid, make_spec(0).spec_hash) is None
     with pytest.raises(CampaignNotFound):
         store.add_candidate(cid + 1, make_spec(0), generation=0, parents=[], task="mqar", fidelity=10, seed=0)
-    for kwargs, field in [
-        ({"generation": -1}, "generation"),
-        ({"fidelity": "10"}, "fidelity"),
-        ({"task": ""}, "task"),
-        ({"seed": None}, "seed"),
-        ({"parents": [(1,)]}, r"parents\[0\]"),
-        ({"parents": [(1, "")]}, r"parents\[0\]\[1\]"),
+    for kwargs, exc, field in [
+        ({"generation": -1}, ValueError, "generation"),
+        ({"fidelity": "10"}, TypeError, "fidelity"),
+        ({"task": ""}, ValueError, "task"),
+        ({"task": "x" * 129}, ValueError, "task"),
+        ({"seed": None}, TypeError, "seed"),
+        ({"parents": [(1,)]}, TypeError, r"parents\[0\]"),
+        ({"parents": [(1, "")]}, ValueError, r"parents\[0\]\[1\]"),
     ]:
         args = {"generation": 0, "parents": [], "task": "mqar", "fidelity": 10, "seed": 0, **kwargs}
-        with pytest.raises(TypeError, match=field):
+        with pytest.raises(exc, match=field):
             store.add_candidate(cid, make_spec(0), **args)
     with pytest.raises(TypeError, match="spec"):
         store.add_candidate(cid, make_spec(0).to_dict(), generation=0, parents=[], task="mqar", fidelity=10, seed=0)  # type: ignore[arg-type]
@@ -313,7 +316,9 @@ def test_finish_bad_input_writes_nothing(store: Store, make_spec) -> None:
         ({"weights": b"\x80\x04pickle"}, ValueError, "weights"),
         ({"weights": (100).to_bytes(8, "little") + b"{}"}, ValueError, "weights: header size 100"),
         ({"weights": "abc"}, TypeError, "weights"),
-        ({"wall_time_s": -1.0}, TypeError, "wall_time_s"),
+        ({"wall_time_s": -1.0}, ValueError, "wall_time_s"),
+        ({"wall_time_s": "1"}, TypeError, "wall_time_s"),
+        ({"host": ""}, ValueError, "host"),
         ({"error": 3}, TypeError, "error"),
     ]:
         with pytest.raises(exc, match=field):
@@ -407,5 +412,8 @@ def test_info_records_serialize(store: Store, make_spec) -> None:
     assert d["parents"] == [{"parent_id": a, "operator": "mutate"}]
     d = json.loads(json.dumps(store.candidate(a).to_dict()))
     assert d["artifacts"][0]["kind"] == "weights" and d["evaluations"][0]["metrics"] == {"accuracy": 0.5}
+    assert store.campaign_of(b) == "c"
     with pytest.raises(CandidateNotFound):
         store.candidate(999)
+    with pytest.raises(CandidateNotFound):
+        store.campaign_of(999)

@@ -12,7 +12,7 @@ import typer
 from typer.testing import CliRunner
 
 from hybridnas.store import Store
-from hybridnas.store.cli import campaign_list, campaign_show, query_app
+from hybridnas.store.cli import campaign_list, campaign_show, print_leaderboard, query_app
 from hybridnas.store.queries import ROW_KEYS
 
 runner = CliRunner()
@@ -143,6 +143,25 @@ def _list(fmt: str = typer.Option("table", "--format"), store: str = typer.Optio
 def _show(name: str = typer.Argument(None), fmt: str = typer.Option("table", "--format"), store: str = typer.Option(..., "--store")) -> None:
     with Store.open(store, create=False) as s:
         campaign_show(s, name, fmt)
+
+
+@campaign_app.command("board")
+def _board(name: str = typer.Argument(None), fmt: str = typer.Option("table", "--format"), direction: str = "max",
+           store: str = typer.Option(..., "--store")) -> None:
+    with Store.open(store, create=False) as s:
+        print_leaderboard(s, name, metric="loss", direction=direction, limit=2, fmt=fmt)
+
+
+def test_print_leaderboard(populated) -> None:
+    url, ids = populated
+    res = runner.invoke(campaign_app, ["board", "--store", url, "--format", "json", "--direction", "min"])
+    assert res.exit_code == 0, res.output
+    assert [r["candidate_id"] for r in json.loads(res.stdout)] == [ids["c1"], ids["c2"]]
+    res = runner.invoke(campaign_app, ["board", "second", "--store", url])
+    assert res.exit_code == 0 and "second: leaderboard by loss (maximize)" in res.stdout
+    for args, hint in [(["board", "--direction", "sideways"], "--direction"), (["board", "--format", "xml"], "--format"), (["board", "zzz"], "CAMPAIGN")]:
+        res = runner.invoke(campaign_app, [*args, "--store", url])
+        assert res.exit_code == 2 and hint in res.output, res.output
 
 
 def test_campaign_printers(populated) -> None:
