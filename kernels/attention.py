@@ -52,4 +52,4 @@ def softmax_attention(
     else:
         mask = causal_mask(T, Tk, window, q.device)
         o = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask, scale=scale)
-    return o.transpose(1, 2)
+    return o.transpose(1, 2).contiguous()  # [B, T, H, Dv]

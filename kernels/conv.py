@@ -21,7 +21,8 @@ def causal_conv1d(
         raise ValueError(f"x: expected a 3-d tensor [B, T, D], got {getattr(x, 'shape', type(x).__name__)}")
     B, T, D = x.shape
     if not isinstance(weight, torch.Tensor) or weight.dim() != 2 or weight.shape[0] != D or weight.shape[1] < 1:
-        raise ValueError(f"weight: expected shape [D, W] with D = {D}, W >= 1, got {list(getattr(weight, 'shape', []))}")
+        shape = list(getattr(weight, "shape", []))
+        raise ValueError(f"weight: expected shape [D, W] with D = {D}, W >= 1, got {shape}")
     W = weight.shape[1]
     if state is None:
         state = x.new_zeros(B, W - 1, D)

@@ -56,6 +56,7 @@ DECAY_HEAD = 1  # scalar log decay per head, g [B, T, H]
 DECAY_CHANNEL = 2  # log decay per key channel, gk [B, T, H, K]
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_DOT_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
 
 
 def interpreting() -> bool:
@@ -102,7 +103,7 @@ class ChunkConfig:
     NT: int  # number of chunks
     NV: int  # number of value blocks
     decay: int  # DECAY_NONE / DECAY_HEAD / DECAY_CHANNEL
-    ieee: bool  # exact float32 dots (float32 inputs); tf32 otherwise
+    dot_dtype: tl.dtype  # operand dtype of tl.dot: the input dtype (float32 means exact fp32 dots)
 
 
 def make_config(
@@ -145,7 +146,7 @@ def make_config(
     return ChunkConfig(
         B=B, T=T, H=H, K=K, V=V, BK=BK, BV=BV,
         NT=triton.cdiv(T, CHUNK), NV=triton.cdiv(V, BV),
-        decay=mode, ieee=q.dtype == torch.float32,
+        decay=mode, dot_dtype=_DOT_DTYPES[q.dtype],
     )
 
 
@@ -154,12 +155,13 @@ def make_config(
 
 
 @triton.jit
-def _dot(a, b, IEEE: tl.constexpr):
-    # float32 operands: exact products for float32 inputs, tf32 tensor cores for half inputs
-    if IEEE:
-        return tl.dot(a, b, input_precision="ieee")
+def _dot(a, b, DT: tl.constexpr):
+    # float32 accumulation always. Half inputs: operands rounded to the input dtype (tensor cores at
+    # full rate, half the shared memory); float32 inputs: exact float32 products, no tf32 rounding.
+    if DT == tl.float32:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
     else:
-        return tl.dot(a, b)
+        return tl.dot(a.to(DT), b.to(DT))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -208,7 +210,7 @@ def chunk_local_cumsum(decay: torch.Tensor, cfg: ChunkConfig) -> torch.Tensor:
 def chunk_pair_fwd_kernel(
     Q, Kp, GC, AQK, AKK, T,
     H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    DELTA: tl.constexpr, IEEE: tl.constexpr,
+    DELTA: tl.constexpr, DT: tl.constexpr,
 ):
     """Rows [i0, i0 + BC) of A_qk[i, j] = sum_k q_ik k_jk exp(b_ik - b_jk) (j <= i) and, for the delta
     rule, L[i, j] = sum_k k_ik k_jk exp(b_ik - b_jk) (j < i). Unscaled, no beta.
@@ -245,10 +247,10 @@ def chunk_pair_fwd_kernel(
     b_r = tl.load(GC + (base + r * H) * K + o_k, mask=m_k, other=0.0)  # [BK]
     b_kg = b_kj * tl.exp(tl.where(m_jk, b_r[None, :] - b_bj, 0.0))  # [BT, BK]
     e_i = tl.exp(tl.where(m_ik, b_b - b_r[None, :], 0.0))  # [BC, BK]
-    b_aqk = _dot(b_q * e_i, tl.trans(b_kg), IEEE)  # [BC, BT]
+    b_aqk = _dot(b_q * e_i, tl.trans(b_kg), DT)  # [BC, BT]
     b_akk = tl.zeros([BC, BT], dtype=tl.float32)
     if DELTA:
-        b_akk = _dot(b_k * e_i, tl.trans(b_kg), IEEE)
+        b_akk = _dot(b_k * e_i, tl.trans(b_kg), DT)
     for jj in range(0, BC):
         j = i0 + jj
         # (a block-by-scalar `&` yields int32 under the interpreter, so compare a block)
@@ -279,7 +281,7 @@ def chunk_pair_fwd(
     akk = torch.empty(shape, dtype=torch.float32, device=q.device) if delta else aqk
     chunk_pair_fwd_kernel[(cfg.NT * (CHUNK // SUBCHUNK), cfg.B * cfg.H)](
         q, k, gcum, aqk, akk, cfg.T,
-        H=cfg.H, K=cfg.K, BT=CHUNK, BC=SUBCHUNK, BK=cfg.BK, DELTA=delta, IEEE=cfg.ieee,
+        H=cfg.H, K=cfg.K, BT=CHUNK, BC=SUBCHUNK, BK=cfg.BK, DELTA=delta, DT=cfg.dot_dtype,
         num_warps=2,
     )
     return aqk, (akk if delta else None)
@@ -294,7 +296,7 @@ def chunk_fwd_h_kernel(
     Kp, Vp, GC, W, U0, U, H0, HS, HT, T,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
     BV: tl.constexpr, DECAY: tl.constexpr, DELTA: tl.constexpr, USE_H0: tl.constexpr,
-    STORE_FINAL: tl.constexpr, IEEE: tl.constexpr,
+    STORE_FINAL: tl.constexpr, DT: tl.constexpr,
 ):
     """Sequential over chunks for one (value block, batch*head): stores the state entering each chunk
     in HS; for the delta rule also turns the WY pseudo-values U0 into U = U0 - W h."""
@@ -324,24 +326,24 @@ def chunk_fwd_h_kernel(
         if DELTA:
             b_w = tl.load(W + tok[:, None] * K + o_k[None, :], mask=m_tk, other=0.0)  # [BT, BK]
             b_u = tl.load(U0 + tok[:, None] * V + o_v[None, :], mask=m_tv, other=0.0)  # [BT, BV]
-            b_u = b_u - _dot(b_w, b_h, IEEE)
+            b_u = b_u - _dot(b_w, b_h, DT)
             tl.store(U + tok[:, None] * V + o_v[None, :], b_u, mask=m_tv)
         else:
             b_u = tl.load(Vp + tok[:, None] * V + o_v[None, :], mask=m_tv, other=0.0).to(tl.float32)
         if DECAY == 0:
-            b_h += _dot(tl.trans(b_k), b_u, IEEE)
+            b_h += _dot(tl.trans(b_k), b_u, DT)
         else:
             last = base + (tl.minimum(T, i_t * BT + BT) - 1) * H  # token row of the chunk's last token
             if DECAY == 1:
                 b_g = tl.load(GC + tok, mask=m_t, other=0.0)  # [BT]
                 g_last = tl.load(GC + last)
                 b_kr = b_k * tl.exp(tl.where(m_t, g_last - b_g, 0.0))[:, None]
-                b_h = b_h * tl.exp(g_last) + _dot(tl.trans(b_kr), b_u, IEEE)
+                b_h = b_h * tl.exp(g_last) + _dot(tl.trans(b_kr), b_u, DT)
             else:
                 b_g = tl.load(GC + tok[:, None] * K + o_k[None, :], mask=m_tk, other=0.0)  # [BT, BK]
                 g_last = tl.load(GC + last * K + o_k, mask=m_k, other=0.0)  # [BK]
                 b_kr = b_k * tl.exp(tl.where(m_tk, g_last[None, :] - b_g, 0.0))
-                b_h = b_h * tl.exp(g_last)[:, None] + _dot(tl.trans(b_kr), b_u, IEEE)
+                b_h = b_h * tl.exp(g_last)[:, None] + _dot(tl.trans(b_kr), b_u, DT)
     if STORE_FINAL:
         tl.store(HT + i_bh.to(tl.int64) * K * V + p_kv, b_h, mask=m_kv)
 
@@ -369,7 +371,7 @@ def chunk_fwd_h(
         w if delta else dummy, u0 if delta else dummy, u if delta else dummy,
         initial_state if initial_state is not None else dummy, hs, ht, cfg.T,
         H=cfg.H, K=cfg.K, V=cfg.V, BT=CHUNK, BK=cfg.BK, BV=cfg.BV, DECAY=cfg.decay, DELTA=delta,
-        USE_H0=initial_state is not None, STORE_FINAL=True, IEEE=cfg.ieee,
+        USE_H0=initial_state is not None, STORE_FINAL=True, DT=cfg.dot_dtype,
         num_warps=4, num_stages=2,
     )
     return hs, ht, u
@@ -383,7 +385,7 @@ def chunk_fwd_h(
 def chunk_fwd_o_kernel(
     Q, Kp, Vp, GC, AQK, HS, O, scale, T,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-    BV: tl.constexpr, DECAY: tl.constexpr, IEEE: tl.constexpr,
+    BV: tl.constexpr, DECAY: tl.constexpr, DT: tl.constexpr,
 ):
     """o = scale * (q * exp(b)) h_in + (scale * A) v over one chunk and one value block."""
     i_v = tl.program_id(0)
@@ -415,7 +417,7 @@ def chunk_fwd_o_kernel(
                       mask=m_t[:, None], other=0.0)
     else:
         b_k = tl.load(Kp + tok[:, None] * K + o_k[None, :], mask=m_tk, other=0.0).to(tl.float32)
-        b_a = _dot(b_q, tl.trans(b_k), IEEE)  # [BT, BT]
+        b_a = _dot(b_q, tl.trans(b_k), DT)  # [BT, BT]
         if DECAY == 1:
             b_g = tl.load(GC + tok, mask=m_t, other=0.0)
             b_qg = b_q * tl.exp(b_g)[:, None]
@@ -423,7 +425,7 @@ def chunk_fwd_o_kernel(
         else:
             b_qg = b_q
         b_a = tl.where(causal, b_a, 0.0)
-    b_o = _dot(b_qg, b_h, IEEE) + _dot(b_a, b_v, IEEE)
+    b_o = _dot(b_qg, b_h, DT) + _dot(b_a, b_v, DT)
     tl.store(O + tok[:, None] * V + o_v[None, :], (b_o * scale).to(O.dtype.element_ty), mask=m_tv)
 
 
@@ -434,7 +436,7 @@ def chunk_fwd_o(
     o = torch.empty(cfg.B, cfg.T, cfg.H, cfg.V, dtype=out_dtype, device=q.device)
     chunk_fwd_o_kernel[(cfg.NV, cfg.NT, cfg.B * cfg.H)](
         q, k, v, gcum if gcum is not None else hs, aqk if aqk is not None else hs, hs, o, scale, cfg.T,
-        H=cfg.H, K=cfg.K, V=cfg.V, BT=CHUNK, BK=cfg.BK, BV=cfg.BV, DECAY=cfg.decay, IEEE=cfg.ieee,
+        H=cfg.H, K=cfg.K, V=cfg.V, BT=CHUNK, BK=cfg.BK, BV=cfg.BV, DECAY=cfg.decay, DT=cfg.dot_dtype,
         num_warps=4, num_stages=2,
     )
     return o
@@ -449,7 +451,7 @@ def chunk_bwd_dh_kernel(
     Q, Kp, GC, AQK, W, DO, DU, DHT, DH0, DHS, scale, T,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
     BV: tl.constexpr, DECAY: tl.constexpr, DELTA: tl.constexpr, USE_DHT: tl.constexpr,
-    STORE_DH0: tl.constexpr, IEEE: tl.constexpr,
+    STORE_DH0: tl.constexpr, DT: tl.constexpr,
 ):
     """dh entering chunk c = exp(b_last) dh_out + scale (q exp(b))^T do [- W^T dU for the delta rule].
 
@@ -489,7 +491,7 @@ def chunk_bwd_dh_kernel(
             b_qg = b_q
             if DELTA:
                 b_kr = b_k
-                b_a = tl.where(causal, _dot(b_q, tl.trans(b_k), IEEE), 0.0)
+                b_a = tl.where(causal, _dot(b_q, tl.trans(b_k), DT), 0.0)
         else:
             last = base + (tl.minimum(T, i_t * BT + BT) - 1) * H
             if DECAY == 1:
@@ -499,7 +501,7 @@ def chunk_bwd_dh_kernel(
                 e_last = tl.exp(g_last)
                 if DELTA:
                     b_kr = b_k * tl.exp(tl.where(m_t, g_last - b_g, 0.0))[:, None]
-                    b_a = _dot(b_q, tl.trans(b_k), IEEE)
+                    b_a = _dot(b_q, tl.trans(b_k), DT)
                     b_a = tl.where(causal, b_a * tl.exp(tl.where(causal, b_g[:, None] - b_g[None, :], 0.0)), 0.0)
             else:
                 b_g = tl.load(GC + tok[:, None] * K + o_k[None, :], mask=m_tk, other=0.0)
@@ -513,12 +515,12 @@ def chunk_bwd_dh_kernel(
         b_dh_next = b_dh
         if DECAY != 0:
             b_dh = b_dh * e_last
-        b_dh += scale * _dot(tl.trans(b_qg), b_do, IEEE)
+        b_dh += scale * _dot(tl.trans(b_qg), b_do, DT)
         if DELTA:
-            b_du = scale * _dot(tl.trans(b_a), b_do, IEEE) + _dot(b_kr, b_dh_next, IEEE)  # [BT, BV]
+            b_du = scale * _dot(tl.trans(b_a), b_do, DT) + _dot(b_kr, b_dh_next, DT)  # [BT, BV]
             tl.store(DU + tok[:, None] * V + o_v[None, :], b_du, mask=m_tv)
             b_w = tl.load(W + tok[:, None] * K + o_k[None, :], mask=m_tk, other=0.0)
-            b_dh -= _dot(tl.trans(b_w), b_du, IEEE)
+            b_dh -= _dot(tl.trans(b_w), b_du, DT)
     if STORE_DH0:
         tl.store(DH0 + i_bh.to(tl.int64) * K * V + p_kv, b_dh.to(DH0.dtype.element_ty), mask=m_kv)
 
@@ -540,7 +542,7 @@ def chunk_bwd_dh(
         w if delta else dummy, do, du if delta else dummy, dht if dht is not None else dummy,
         dh0 if dh0 is not None else dummy, dhs, scale, cfg.T,
         H=cfg.H, K=cfg.K, V=cfg.V, BT=CHUNK, BK=cfg.BK, BV=cfg.BV, DECAY=cfg.decay, DELTA=delta,
-        USE_DHT=dht is not None, STORE_DH0=dh0 is not None, IEEE=cfg.ieee,
+        USE_DHT=dht is not None, STORE_DH0=dh0 is not None, DT=cfg.dot_dtype,
         num_warps=4, num_stages=2,
     )
     return dhs, dh0, du
@@ -554,7 +556,7 @@ def chunk_bwd_dh(
 def chunk_pair_bwd_kernel(
     Q, Kp, GC, DA, DL, DQP, DKP, DBP, DLAST, DQ, DK, DG, T,
     H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    DELTA: tl.constexpr, IEEE: tl.constexpr,
+    DELTA: tl.constexpr, DT: tl.constexpr,
 ):
     """Adds the intra-chunk gradients of the per-channel pair matrices to the partial dq, dk and
     d(cumulative decay) from the main backward kernel, then turns d(cumulative decay) into dgk by a
@@ -606,12 +608,12 @@ def chunk_pair_bwd_kernel(
         m_row_before = m_i[:, None] & (o_bt < c0)[None, :]
         p_rows = (mat + o_i)[:, None] * BT + o_bt[None, :]
         b_da = tl.load(DA + p_rows, mask=m_row_before, other=0.0)  # [BC, BT]
-        b_dq = _dot(b_da, b_kb, IEEE) * e_i  # [BC, BK]
+        b_dq = _dot(b_da, b_kb, DT) * e_i  # [BC, BK]
         b_dkx = tl.zeros([BC, BK], dtype=tl.float32)
         b_dky = tl.zeros([BC, BK], dtype=tl.float32)
         if DELTA:
             b_dl = tl.load(DL + p_rows, mask=m_row_before, other=0.0)
-            b_dkx = _dot(b_dl, b_kb, IEEE) * e_i
+            b_dkx = _dot(b_dl, b_kb, DT) * e_i
         # column role: rows after the sub-chunk, through the decay at its last row
         r2 = tl.minimum(i0 + BC - 1, T - 1)
         g_r2 = tl.load(GC + (base + r2 * H) * K + o_k, mask=m_k, other=0.0)
@@ -622,11 +624,11 @@ def chunk_pair_bwd_kernel(
         m_col_after = ((o_bt >= c0 + BC) & m_all)[:, None] & (o_c >= 0)[None, :]
         p_cols = (mat + rows_all)[:, None] * BT + (c0 + o_c)[None, :]
         b_dac = tl.load(DA + p_cols, mask=m_col_after, other=0.0)  # [BT, BC]
-        b_dka = _dot(tl.trans(b_dac), b_qa, IEEE) * e_c  # [BC, BK]
+        b_dka = _dot(tl.trans(b_dac), b_qa, DT) * e_c  # [BC, BK]
         if DELTA:
             b_ka = tl.where(m_after, k_all * e_after, 0.0)
             b_dlc = tl.load(DL + p_cols, mask=m_col_after, other=0.0)
-            b_dky = _dot(tl.trans(b_dlc), b_ka, IEEE) * e_c
+            b_dky = _dot(tl.trans(b_dlc), b_ka, DT) * e_c
         # diagonal block, one token j of the sub-chunk at a time
         for jj in range(0, BC):
             j = i0 + jj
@@ -676,7 +678,7 @@ def chunk_pair_bwd(
     dg = torch.empty(gcum.shape, dtype=g_dtype, device=q.device)
     chunk_pair_bwd_kernel[(cfg.NT, cfg.B * cfg.H)](
         q, k, gcum, da, dl if dl is not None else da, dqp, dkp, dbp, dlast, dq, dk, dg, cfg.T,
-        H=cfg.H, K=cfg.K, BT=CHUNK, BC=SUBCHUNK, BK=cfg.BK, DELTA=dl is not None, IEEE=cfg.ieee,
+        H=cfg.H, K=cfg.K, BT=CHUNK, BC=SUBCHUNK, BK=cfg.BK, DELTA=dl is not None, DT=cfg.dot_dtype,
         num_warps=4,
     )
     return dq, dk, dg

@@ -43,7 +43,7 @@ __all__ = [
 def delta_wy_kernel(
     Kp, Vp, BETA, GC, AKK, M, W, U0, T,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-    BV: tl.constexpr, NV: tl.constexpr, DECAY: tl.constexpr, IEEE: tl.constexpr,
+    BV: tl.constexpr, NV: tl.constexpr, DECAY: tl.constexpr, DT: tl.constexpr,
 ):
     """One chunk: M = (I + L)^{-1}, W = M (beta k e^b), U0 = M (beta v)."""
     i_t = tl.program_id(0)
@@ -67,7 +67,7 @@ def delta_wy_kernel(
         b_l = tl.load(AKK + p_mat, mask=m_t[:, None], other=0.0)
         b_kb = b_k * tl.exp(tl.load(GC + p_tk, mask=m_tk, other=0.0))
     else:
-        b_l = _dot(b_k, tl.trans(b_k), IEEE)
+        b_l = _dot(b_k, tl.trans(b_k), DT)
         if DECAY == 1:
             b_g = tl.load(GC + tok, mask=m_t, other=0.0)
             b_l = b_l * tl.exp(tl.where(strict, b_g[:, None] - b_g[None, :], 0.0))
@@ -83,13 +83,13 @@ def delta_wy_kernel(
         m_i = tl.sum(l_i[:, None] * b_m, axis=0)  # [BT]
         b_m = tl.where(o_bt[:, None] == i, b_m - m_i[None, :], b_m)
     tl.store(M + p_mat, b_m, mask=m_t[:, None])
-    tl.store(W + p_tk, _dot(b_m, b_kb * b_beta[:, None], IEEE), mask=m_tk)
+    tl.store(W + p_tk, _dot(b_m, b_kb * b_beta[:, None], DT), mask=m_tk)
     for i_v in range(0, NV):
         o_v = i_v * BV + tl.arange(0, BV)
         m_tv = m_t[:, None] & (o_v < V)[None, :]
         p_tv = tok[:, None] * V + o_v[None, :]
         b_v = tl.load(Vp + p_tv, mask=m_tv, other=0.0).to(tl.float32)
-        tl.store(U0 + p_tv, _dot(b_m, b_v * b_beta[:, None], IEEE), mask=m_tv)
+        tl.store(U0 + p_tv, _dot(b_m, b_v * b_beta[:, None], DT), mask=m_tv)
 
 
 @triton.jit
@@ -97,7 +97,7 @@ def delta_bwd_kernel(
     Q, Kp, Vp, BETA, GC, AQK, AKK, M, U, DU, HS, DHS, DO,
     DQ, DK, DV, DBETA, DG, DA, DL, DBP, DLAST, scale, T,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-    BV: tl.constexpr, NV: tl.constexpr, DECAY: tl.constexpr, IEEE: tl.constexpr,
+    BV: tl.constexpr, NV: tl.constexpr, DECAY: tl.constexpr, DT: tl.constexpr,
 ):
     """One chunk: dv and dbeta (final), dq, dk, dg (final for no / per-head decay; partials plus
     the pair-matrix gradients for a per-channel decay, finished by chunk_pair_bwd)."""
@@ -123,8 +123,8 @@ def delta_bwd_kernel(
     b_beta = tl.load(BETA + tok, mask=m_t, other=0.0).to(tl.float32)  # [BT]
     last = base + (tl.minimum(T, i_t * BT + BT) - 1) * H
     if DECAY == 0:
-        b_qk = _dot(b_q, tl.trans(b_k), IEEE)
-        b_kk = _dot(b_k, tl.trans(b_k), IEEE)
+        b_qk = _dot(b_q, tl.trans(b_k), DT)
+        b_kk = _dot(b_k, tl.trans(b_k), DT)
         b_a = tl.where(causal, b_qk, 0.0)
         b_lraw = tl.where(strict, b_kk, 0.0)
         b_kb = b_k  # k e^b
@@ -133,8 +133,8 @@ def delta_bwd_kernel(
         b_g = tl.load(GC + tok, mask=m_t, other=0.0)  # [BT]
         g_last = tl.load(GC + last)
         e_pair = tl.exp(tl.where(causal, b_g[:, None] - b_g[None, :], 0.0))  # [BT, BT]
-        b_a = tl.where(causal, _dot(b_q, tl.trans(b_k), IEEE) * e_pair, 0.0)
-        b_lraw = tl.where(strict, _dot(b_k, tl.trans(b_k), IEEE) * e_pair, 0.0)
+        b_a = tl.where(causal, _dot(b_q, tl.trans(b_k), DT) * e_pair, 0.0)
+        b_lraw = tl.where(strict, _dot(b_k, tl.trans(b_k), DT) * e_pair, 0.0)
         e_q = tl.exp(b_g)[:, None]
         e_k = tl.exp(tl.where(m_t, g_last - b_g, 0.0))[:, None]
         b_kb = b_k * e_q
@@ -170,26 +170,26 @@ def delta_bwd_kernel(
         b_du = tl.load(DU + p_tv, mask=m_tv, other=0.0)
         b_h = tl.load(HS + p_kv, mask=m_kv, other=0.0)  # [BK, BV]
         b_dh = tl.load(DHS + p_kv, mask=m_kv, other=0.0)
-        b_da += _dot(b_do, tl.trans(b_u), IEEE)
-        b_dq += _dot(b_do, tl.trans(b_h), IEEE)
-        b_dkr += _dot(b_u, tl.trans(b_dh), IEEE)
-        b_dw -= _dot(b_du, tl.trans(b_h), IEEE)
+        b_da += _dot(b_do, tl.trans(b_u), DT)
+        b_dq += _dot(b_do, tl.trans(b_h), DT)
+        b_dkr += _dot(b_u, tl.trans(b_dh), DT)
+        b_dw -= _dot(b_du, tl.trans(b_h), DT)
         if DECAY != 0:
             b_hdh += tl.sum(b_h * b_dh, axis=1)
         # U0 = M (beta v): gradient of (beta v) is M^T dU
-        b_dbv = _dot(tl.trans(b_m), b_du, IEEE)  # [BT, BV]
+        b_dbv = _dot(tl.trans(b_m), b_du, DT)  # [BT, BV]
         tl.store(DV + p_tv, (b_dbv * b_beta[:, None]).to(DV.dtype.element_ty), mask=m_tv)
         b_dbeta += tl.sum(b_dbv * b_v, axis=1)
-        b_dm += _dot(b_du, tl.trans(b_v * b_beta[:, None]), IEEE)
+        b_dm += _dot(b_du, tl.trans(b_v * b_beta[:, None]), DT)
     # W = M (beta k e^b)
-    b_dm += _dot(b_dw, tl.trans(b_kb * b_beta[:, None]), IEEE)
-    b_dbkb = _dot(tl.trans(b_m), b_dw, IEEE)  # gradient of beta k e^b, [BT, BK]
+    b_dm += _dot(b_dw, tl.trans(b_kb * b_beta[:, None]), DT)
+    b_dbkb = _dot(tl.trans(b_m), b_dw, DT)  # gradient of beta k e^b, [BT, BK]
     b_dbeta += tl.sum(b_dbkb * b_kb, axis=1)
     b_dkw = b_dbkb * b_beta[:, None]  # gradient of k e^b
     if DECAY != 0:
         b_dkw = b_dkw * e_q
     # M = (I + L)^{-1}: dL = -M^T dM M^T on the strict lower triangle
-    b_dl = -_dot(_dot(tl.trans(b_m), b_dm, IEEE), tl.trans(b_m), IEEE)
+    b_dl = -_dot(_dot(tl.trans(b_m), b_dm, DT), tl.trans(b_m), DT)
     b_dl = tl.where(strict, b_dl, 0.0)
     b_dbeta += tl.sum(b_dl * b_lraw, axis=1)
     tl.store(DBETA + tok, b_dbeta.to(DBETA.dtype.element_ty), mask=m_t)
@@ -197,9 +197,9 @@ def delta_bwd_kernel(
     b_da = tl.where(causal, b_da * scale, 0.0)  # gradient of the unscaled A, times scale
     b_dq = b_dq * scale
     if DECAY == 0:
-        b_dq += _dot(b_da, b_k, IEEE)
-        b_dk = b_dkw + b_dkr + _dot(tl.trans(b_da), b_q, IEEE)
-        b_dk += _dot(b_dl, b_k, IEEE) + _dot(tl.trans(b_dl), b_k, IEEE)
+        b_dq += _dot(b_da, b_k, DT)
+        b_dk = b_dkw + b_dkr + _dot(tl.trans(b_da), b_q, DT)
+        b_dk += _dot(b_dl, b_k, DT) + _dot(tl.trans(b_dl), b_k, DT)
         tl.store(DQ + p_tk, b_dq.to(DQ.dtype.element_ty), mask=m_tk)
         tl.store(DK + p_tk, b_dk.to(DK.dtype.element_ty), mask=m_tk)
     elif DECAY == 1:
@@ -208,10 +208,10 @@ def delta_bwd_kernel(
         d_last = tl.exp(g_last) * tl.sum(b_hdh, axis=0) + tl.sum(tl.sum(b_k * b_dkr, axis=1), axis=0)
         b_dae = b_da * e_pair
         b_dle = b_dl * e_pair
-        b_dq += _dot(b_dae, b_k, IEEE)
-        b_dka = _dot(tl.trans(b_dae), b_q, IEEE)
-        b_dkx = _dot(b_dle, b_k, IEEE)
-        b_dky = _dot(tl.trans(b_dle), b_k, IEEE)
+        b_dq += _dot(b_dae, b_k, DT)
+        b_dka = _dot(tl.trans(b_dae), b_q, DT)
+        b_dkx = _dot(b_dle, b_k, DT)
+        b_dky = _dot(tl.trans(b_dle), b_k, DT)
         b_dk = b_dkw + b_dkr + b_dka + b_dkx + b_dky
         b_db = tl.sum(b_q * b_dq + b_k * (b_dkx - b_dky - b_dka + b_dkw - b_dkr), axis=1)  # [BT]
         b_dg = tl.cumsum(b_db, axis=0, reverse=True) + d_last
@@ -248,7 +248,7 @@ def _forward(
         k, v, beta, gcum if gcum is not None else dummy, akk if akk is not None else dummy,
         m, w, u0, cfg.T,
         H=cfg.H, K=cfg.K, V=cfg.V, BT=CHUNK, BK=cfg.BK, BV=cfg.BV, NV=cfg.NV, DECAY=cfg.decay,
-        IEEE=cfg.ieee, num_warps=4,
+        DT=cfg.dot_dtype, num_warps=4,
     )
     hs, ht, u = chunk_fwd_h(k, None, gcum, initial_state, cfg, w=w, u0=u0)
     return dict(gcum=gcum, aqk=aqk, akk=akk, m=m, w=w, hs=hs, ht=ht, u=u)
@@ -297,7 +297,7 @@ class _ChunkDeltaFunction(torch.autograd.Function):
             fw["akk"] if fw["akk"] is not None else dummy, fw["m"], fw["u"], du, fw["hs"], dhs, do,
             dq, dk, dv, dbeta, dg, da, dl, dbp, dlast, scale, cfg.T,
             H=cfg.H, K=cfg.K, V=cfg.V, BT=CHUNK, BK=cfg.BK, BV=cfg.BV, NV=cfg.NV, DECAY=cfg.decay,
-            IEEE=cfg.ieee, num_warps=8, num_stages=2,
+            DT=cfg.dot_dtype, num_warps=8, num_stages=2,
         )
         if cfg.decay == DECAY_CHANNEL:
             dq, dk, dg = chunk_pair_bwd(q, k, gcum, da, dl, dq, dk, dbp, dlast, cfg, decay.dtype)

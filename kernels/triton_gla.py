@@ -42,7 +42,7 @@ __all__ = [
 def gla_bwd_kernel(
     Q, Kp, Vp, GC, AQK, HS, DHS, DO, DQ, DK, DV, DG, DA, DBP, DLAST, scale, T,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-    BV: tl.constexpr, NV: tl.constexpr, DECAY: tl.constexpr, IEEE: tl.constexpr,
+    BV: tl.constexpr, NV: tl.constexpr, DECAY: tl.constexpr, DT: tl.constexpr,
 ):
     """One chunk: dv (final), and dq, dk, dg (final for no / per-head decay; for a per-channel decay
     the inter-chunk parts of dq, dk and d(cumulative decay) go to DQ, DK, DBP as float32 partials,
@@ -67,13 +67,13 @@ def gla_bwd_kernel(
     last = base + (tl.minimum(T, i_t * BT + BT) - 1) * H
     # decay factors: e_q = exp(b) for q, e_k = exp(b_last - b) for k
     if DECAY == 0:
-        b_a = tl.where(causal, _dot(b_q, tl.trans(b_k), IEEE), 0.0)
+        b_a = tl.where(causal, _dot(b_q, tl.trans(b_k), DT), 0.0)
         b_kr = b_k
     elif DECAY == 1:
         b_g = tl.load(GC + tok, mask=m_t, other=0.0)  # [BT]
         g_last = tl.load(GC + last)
         e_pair = tl.exp(tl.where(causal, b_g[:, None] - b_g[None, :], 0.0))  # [BT, BT]
-        b_a = tl.where(causal, _dot(b_q, tl.trans(b_k), IEEE) * e_pair, 0.0)
+        b_a = tl.where(causal, _dot(b_q, tl.trans(b_k), DT) * e_pair, 0.0)
         e_q = tl.exp(b_g)[:, None]
         e_k = tl.exp(tl.where(m_t, g_last - b_g, 0.0))[:, None]
         b_kr = b_k * e_k
@@ -102,18 +102,18 @@ def gla_bwd_kernel(
         p_kv = p_state + o_k[:, None] * V + o_v[None, :]
         b_h = tl.load(HS + p_kv, mask=m_kv, other=0.0)  # [BK, BV] state entering the chunk
         b_dh = tl.load(DHS + p_kv, mask=m_kv, other=0.0)  # [BK, BV] grad of the state leaving it
-        b_da += _dot(b_do, tl.trans(b_v), IEEE)
-        b_dq += _dot(b_do, tl.trans(b_h), IEEE)
-        b_dk += _dot(b_v, tl.trans(b_dh), IEEE)
+        b_da += _dot(b_do, tl.trans(b_v), DT)
+        b_dq += _dot(b_do, tl.trans(b_h), DT)
+        b_dk += _dot(b_v, tl.trans(b_dh), DT)
         if DECAY != 0:
             b_hdh += tl.sum(b_h * b_dh, axis=1)
-        b_dv = _dot(tl.trans(b_a), b_do, IEEE) + _dot(b_kr, b_dh, IEEE)
+        b_dv = _dot(tl.trans(b_a), b_do, DT) + _dot(b_kr, b_dh, DT)
         tl.store(DV + p_tv, b_dv.to(DV.dtype.element_ty), mask=m_tv)
     b_da = tl.where(causal, b_da * scale, 0.0)  # gradient w.r.t. the unscaled pair matrix, times scale
     b_dq = b_dq * scale
     if DECAY == 0:
-        b_dq += _dot(b_da, b_k, IEEE)
-        b_dk += _dot(tl.trans(b_da), b_q, IEEE)
+        b_dq += _dot(b_da, b_k, DT)
+        b_dk += _dot(tl.trans(b_da), b_q, DT)
         tl.store(DQ + p_tk, b_dq.to(DQ.dtype.element_ty), mask=m_tk)
         tl.store(DK + p_tk, b_dk.to(DK.dtype.element_ty), mask=m_tk)
     elif DECAY == 1:
@@ -122,8 +122,8 @@ def gla_bwd_kernel(
         # d(b_last): exp(b_last) <h, dh_out> plus the k side of the state update
         d_last = tl.exp(g_last) * tl.sum(b_hdh, axis=0) + tl.sum(tl.sum(b_k * b_dk, axis=1), axis=0)
         b_dae = b_da * e_pair
-        b_dq += _dot(b_dae, b_k, IEEE)
-        b_dk += _dot(tl.trans(b_dae), b_q, IEEE)
+        b_dq += _dot(b_dae, b_k, DT)
+        b_dk += _dot(tl.trans(b_dae), b_q, DT)
         b_db = tl.sum(b_q * b_dq - b_k * b_dk, axis=1)  # [BT]
         b_dg = tl.cumsum(b_db, axis=0, reverse=True) + d_last
         tl.store(DQ + p_tk, b_dq.to(DQ.dtype.element_ty), mask=m_tk)
@@ -191,7 +191,7 @@ class _ChunkGLAFunction(torch.autograd.Function):
             q, k, v, gcum if gcum is not None else dummy, aqk if aqk is not None else dummy,
             hs, dhs, do, dq, dk, dv, dg, da, dbp, dlast, scale, cfg.T,
             H=cfg.H, K=cfg.K, V=cfg.V, BT=CHUNK, BK=cfg.BK, BV=cfg.BV, NV=cfg.NV, DECAY=cfg.decay,
-            IEEE=cfg.ieee, num_warps=8 if cfg.BK >= 128 else 4, num_stages=2,
+            DT=cfg.dot_dtype, num_warps=8 if cfg.BK >= 128 else 4, num_stages=2,
         )
         if cfg.decay == DECAY_CHANNEL:
             dq, dk, dg = chunk_pair_bwd(q, k, gcum, da, None, dq, dk, dbp, dlast, cfg, decay.dtype)

@@ -271,12 +271,16 @@ class ArchSpec:
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:16]
 
     def describe(self) -> str:
-        """Short human label, e.g. 'gated_deltanet×3+attention d64 LLLA'."""
+        """Short human label, e.g. 'gated_deltanet×3+attention d64 LLLA gate:swish conv'."""
         counts: dict[str, int] = {}
         for m in self.mixers:
             counts[m] = counts.get(m, 0) + 1
         mix = "+".join(f"{m}×{n}" if n > 1 else m for m, n in counts.items())
-        return f"{mix} d{self.d_model} {self.pattern}"
+        gates = sorted({layer.gate for layer in self.layers} - {"none"})
+        extras = [f"gate:{'/'.join(gates)}"] if gates else []
+        if any(layer.short_conv for layer in self.layers):
+            extras.append("conv")
+        return " ".join([mix, f"d{self.d_model}", self.pattern, *extras])
 
     @classmethod
     def from_hybrid(

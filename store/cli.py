@@ -103,13 +103,28 @@ def _columns(rows: Sequence[dict[str, Any]]) -> list[str]:
     return list(cols)
 
 
-def emit(rows: Sequence[dict[str, Any]], fmt: str | OutputFormat, title: str | None = None, columns: Sequence[str] = ()) -> None:
+#: Candidate columns a terminal table shows (JSON and CSV carry every metric).
+TABLE_KEYS = ("rank", "candidate_id", "label", "generation", "fidelity", "n_seeds", "accuracy", "loss", "params",
+              "cost_state_bytes", "prefill_tokens_per_s")
+
+
+def emit(
+    rows: Sequence[dict[str, Any]],
+    fmt: str | OutputFormat,
+    title: str | None = None,
+    columns: Sequence[str] = (),
+    table_columns: Sequence[str] | None = None,
+) -> None:
     """Print rows (dicts with the same leading keys) as a rich table, a JSON list, or CSV.
 
-    `columns` are the header when there are no rows (so an empty CSV still names its fields).
+    `columns` are the header when there are no rows (so an empty CSV still names its fields);
+    `table_columns`, when given, narrows a terminal table to those (that are present), in that order.
     """
     fmt = check_format(fmt)
     cols = _columns(rows) or list(columns)
+    if fmt is OutputFormat.table and table_columns is not None:
+        present = set(cols)
+        cols = [c for c in dict.fromkeys(table_columns) if c in present]
     if fmt is OutputFormat.json:
         typer.echo(json.dumps(list(rows), indent=2, default=str))
     elif fmt is OutputFormat.csv:
@@ -204,6 +219,7 @@ def print_leaderboard(
     limit: int | None = None,
     fmt: str | OutputFormat = OutputFormat.table,
     task: str | None = None,
+    all_columns: bool = False,
 ) -> None:
     """The leaderboard of a campaign (the most recent when None) in `fmt`; bad input is exit 2."""
     fmt = check_format(fmt)
@@ -216,7 +232,13 @@ def print_leaderboard(
         rows = store.leaderboard(info.id, metric=metric, direction=direction, limit=limit, task=task)
     except ValueError as e:
         raise typer.BadParameter(str(e), param_hint="'--metric'") from None
-    emit(rows, fmt, title=f"{info.name}: leaderboard by {metric} ({direction})", columns=ROW_KEYS)
+    emit(
+        rows,
+        fmt,
+        title=f"{info.name}: leaderboard by {metric} ({direction})",
+        columns=ROW_KEYS,
+        table_columns=None if all_columns else (*TABLE_KEYS[:6], metric, *TABLE_KEYS[6:]),
+    )
 
 
 # --- query commands ------------------------------------------------------------------------------
@@ -231,10 +253,13 @@ def leaderboard_cmd(
     task: Annotated[str | None, typer.Option("--task", help="only evaluations of this task")] = None,
     fmt: FormatOption = OutputFormat.table,
     store_url: StoreOption = None,
+    all_columns: Annotated[bool, typer.Option("--all-columns", help="table: show every metric, not the usual few")] = False,
 ) -> None:
     """Candidates ranked by a metric at their highest trained fidelity (mean over seeds)."""
     with open_store(store_url) as store:
-        print_leaderboard(store, campaign, metric=metric, direction=direction, limit=limit, fmt=fmt, task=task)
+        print_leaderboard(
+            store, campaign, metric=metric, direction=direction, limit=limit, fmt=fmt, task=task, all_columns=all_columns
+        )
 
 
 def parse_objective(text: str) -> tuple[str, str]:
@@ -268,7 +293,13 @@ def pareto_cmd(
             rows = store.pareto(info.id, objs, task=task)
         except ValueError as e:
             raise typer.BadParameter(str(e), param_hint="'--objective'") from None
-        emit(rows, fmt, title=f"{info.name}: Pareto front of " + ", ".join(f"{m} ({d})" for m, d in objs), columns=ROW_KEYS)
+        emit(
+            rows,
+            fmt,
+            title=f"{info.name}: Pareto front of " + ", ".join(f"{m} ({d})" for m, d in objs),
+            columns=ROW_KEYS,
+            table_columns=(*TABLE_KEYS[:6], *(m for m, _ in objs), *TABLE_KEYS[6:]),
+        )
 
 
 @query_app.command("lineage")

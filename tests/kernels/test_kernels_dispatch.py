@@ -38,6 +38,16 @@ def test_auto_is_chunk_on_cpu(make_inputs) -> None:
     assert torch.equal(o, o_c) and torch.equal(S, S_c)
 
 
+@pytest.mark.parametrize("backend", ["naive", "chunk"])
+def test_outputs_are_contiguous_in_the_input_dtype(backend: str) -> None:
+    q = torch.randn(2, 37, 3, 8, dtype=torch.bfloat16)
+    o, S = K.gated_linear_attention(q, q, q, g=-torch.rand(2, 37, 3), output_final_state=True, backend=backend)
+    assert o.shape == (2, 37, 3, 8) and o.is_contiguous() and o.dtype == torch.bfloat16
+    assert S.shape == (2, 3, 8, 8) and S.dtype == torch.float32
+    o, _ = K.gated_delta_rule(q, q, q, torch.rand(2, 37, 3), backend=backend)
+    assert o.is_contiguous() and o.dtype == torch.bfloat16
+
+
 def test_named_backends_are_used(make_inputs) -> None:
     x = make_inputs("delta", "g", T=9)
     args = (x["q"], x["k"], x["v"], x["beta"])

@@ -7,6 +7,7 @@ from typing import Callable
 import pytest
 import torch
 
+import hybridnas.kernels.chunk as chunk_module
 from hybridnas.kernels.chunk import chunk_gated_delta_rule, chunk_gated_linear_attention
 from hybridnas.kernels.naive import naive_gated_delta_rule, naive_gated_linear_attention
 
@@ -77,22 +78,35 @@ def test_chunk_float32_close_to_float64_naive(primitive: str, mode: str, make_in
     assert_all_close(actual, expected, ["o", "final_state", *grad_names(x64)], rel=2e-5)
 
 
+@pytest.mark.parametrize("T,K,V,chunk_size", SIZES)
+@pytest.mark.parametrize("mode", ["g", "gk"])
+@pytest.mark.parametrize("primitive", PRIMITIVES)
+def test_exact_wide_chunk_path_matches_float64_naive(
+    primitive: str, mode: str, T: int, K: int, V: int, chunk_size: int, make_inputs, monkeypatch
+) -> None:
+    """MAX_SPAN = 0 sends every decaying chunk down the exact (ratio / hierarchical) path."""
+    monkeypatch.setattr(chunk_module, "MAX_SPAN", 0.0)
+    x = make_inputs(primitive, mode, T=T, K=K, V=V, seed=T + K + 1)
+    expected = outputs_and_grads(lambda x: call(NAIVE[primitive], primitive, x), x)
+    actual = outputs_and_grads(lambda x: call(CHUNK[primitive], primitive, x, chunk_size=chunk_size), x)
+    assert_all_close(actual, expected, ["o", "final_state", *grad_names(x)], rel=1e-10)
+
+
 @pytest.mark.parametrize("mode", ["g", "gk"])
 @pytest.mark.parametrize("primitive", PRIMITIVES)
 def test_chunk_exact_under_huge_decays(primitive: str, mode: str, make_inputs) -> None:
-    """Log decays of -20 per step (and -500 spikes) must not overflow the chunk form."""
-    x = make_inputs(primitive, mode, T=100, K=16, V=16, seed=5, initial_state=True)
+    """Log decays of -20 per step (and -500 spikes) must not overflow the chunk form in float32."""
+    x = make_inputs(primitive, mode, T=100, K=16, V=16, seed=5)
     with torch.no_grad():
-        name = "g" if mode == "g" else "gk"
-        d = x[name]
-        d.copy_(-20.0 * torch.ones_like(d))
-        d[:, 10:20] = 0.0  # a stretch with no decay right after huge ones: ratios of exactly 1 again
-        d[:, 50] = -500.0
+        d = x[mode]
+        d.fill_(-20.0)
+        d[:, 16:48] = 0.0  # two whole chunks without decay (split path) right after huge decays
+        d[:, 70] = -500.0
         if mode == "gk":
-            d[..., ::3] = -0.01  # mixed per-channel scales inside one chunk
+            d[:, 48:, :, ::3] = -0.01  # mixed per-channel scales inside one chunk
     expected = outputs_and_grads(lambda x: call(NAIVE[primitive], primitive, x), x)
     x32 = {n: (t.detach().float().requires_grad_() if t is not None else None) for n, t in x.items()}
-    actual = outputs_and_grads(lambda x: call(CHUNK[primitive], primitive, x, chunk_size=64), x32)
+    actual = outputs_and_grads(lambda x: call(CHUNK[primitive], primitive, x, chunk_size=16), x32)
     assert_all_close(actual, expected, ["o", "final_state", *grad_names(x)], rel=2e-5)
 
 
