@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from typer.testing import CliRunner
+
+from hybridnas.space.cli import space_app
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(*args: str):
+    return CliRunner().invoke(space_app, ["validate", *args])
+
+
+def test_validate_campaign_file() -> None:
+    r = run(str(ROOT / "examples" / "quickstart.yaml"))
+    assert r.exit_code == 0, r.output
+    assert "hybrid space" in r.stdout and "linear_mixer" in r.stdout
+
+
+def test_validate_space_file_errors_exit_2(tmp_path: Path) -> None:
+    bad = tmp_path / "space.yaml"
+    bad.write_text(yaml.safe_dump({"layers": {"mixer": ["gla", "rnn"]}, "d_model": [64]}))
+    r = run(str(bad))
+    assert r.exit_code == 2
+    assert "layers.mixer" in r.output and "gated_deltanet" in r.output  # names the field and what is allowed
+    assert run(str(tmp_path / "missing.yaml")).exit_code == 2
+
+
+def test_validate_per_layer_space(tmp_path: Path) -> None:
+    good = tmp_path / "space.yaml"
+    good.write_text(yaml.safe_dump({"n_layers": [2, 3], "layers": {"mixer": ["gla", "attention"]}}))
+    r = run(str(good))
+    assert r.exit_code == 0, r.output
+    assert "layers space" in r.stdout
