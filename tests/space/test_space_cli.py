@@ -5,13 +5,13 @@ from pathlib import Path
 import yaml
 from typer.testing import CliRunner
 
-from hybridnas.space.cli import space_app
+from hybridnas.cli import app
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def run(*args: str):
-    return CliRunner().invoke(space_app, ["validate", *args])
+    return CliRunner().invoke(app, ["space", "validate", *args])
 
 
 def test_validate_campaign_file() -> None:
