@@ -31,11 +31,15 @@ import triton.language as tl
 __all__ = [
     "CHUNK",
     "SUBCHUNK",
+    "MAX_K",
+    "MAX_V",
     "DECAY_NONE",
     "DECAY_HEAD",
     "DECAY_CHANNEL",
     "ChunkConfig",
     "interpreting",
+    "empty",
+    "empty_like",
     "check_device",
     "decay_mode",
     "make_config",
@@ -44,16 +48,22 @@ __all__ = [
     "chunk_fwd_h",
     "chunk_fwd_o",
     "chunk_bwd_dh",
+    "chunk_bwd_dv",
     "chunk_pair_bwd",
 ]
 
 CHUNK = 64  # tokens per chunk (BT): the intra-chunk attention block is BT x BT
 SUBCHUNK = 16  # rows per sub-chunk (BC) for per-channel decays; tl.dot needs >= 16 per dim
-MAX_HEAD_DIM = 256  # K and V are held whole in one block; 128 is the design target
+MAX_K = 128  # key dim limit: several kernels hold all of K in one block
+MAX_V = 256  # value dim limit: V is always blocked; larger is untested
 
 DECAY_NONE = 0  # no decay (alpha = 1)
 DECAY_HEAD = 1  # scalar log decay per head, g [B, T, H]
 DECAY_CHANNEL = 2  # log decay per key channel, gk [B, T, H, K]
+
+# Debug switch: allocate every output and scratch buffer filled with NaN instead of uninitialised, so
+# that an element a kernel fails to write shows up in the results (the tests turn it on).
+NAN_FILL = os.environ.get("HYBRIDNAS_TRITON_NAN_FILL", "0") == "1"
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _DOT_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
@@ -80,6 +90,17 @@ def check_device(*tensors: torch.Tensor | None) -> None:
             )
 
 
+def empty(shape: tuple[int, ...] | torch.Size, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Buffer for a kernel to fill (NaN-filled when NAN_FILL is set)."""
+    if NAN_FILL:
+        return torch.full(tuple(shape), float("nan"), dtype=dtype, device=device)
+    return torch.empty(tuple(shape), dtype=dtype, device=device)
+
+
+def empty_like(t: torch.Tensor) -> torch.Tensor:
+    return empty(t.shape, t.dtype, t.device)
+
+
 def decay_mode(g: torch.Tensor | None, gk: torch.Tensor | None) -> tuple[int, torch.Tensor | None]:
     """(mode, decay tensor): which of g / gk is given; they are mutually exclusive."""
     if g is not None and gk is not None:
@@ -99,11 +120,18 @@ class ChunkConfig:
     K: int  # key / query head dim
     V: int  # value head dim
     BK: int  # K rounded up to a power of two >= 16 (whole K in one block)
-    BV: int  # value block per program, power of two in [16, 64]
+    BKS: int  # K block of the kernels that split K across programs (<= 64)
+    NK: int  # number of BKS blocks
+    BV: int  # value block of the state kernels and backward value loops, power of two in [16, 32]
+    BVO: int  # value block of the output kernel, power of two in [16, 64] (it recomputes q k^T per block)
     NT: int  # number of chunks
-    NV: int  # number of value blocks
+    NV: int  # number of BV blocks
+    NVO: int  # number of BVO blocks
     decay: int  # DECAY_NONE / DECAY_HEAD / DECAY_CHANNEL
-    dot_dtype: tl.dtype  # operand dtype of tl.dot: the input dtype (float32 means exact fp32 dots)
+    dot_dtype: tl.dtype  # operand dtype of tl.dot: the input dtype (float32 runs as 3xTF32)
+    num_warps: int  # warps of the K x V-tile kernels: 8 once K reaches 128 (register pressure)
+    split_warps: int  # warps of the K-split kernels: 8 for 64-wide key slices
+    num_stages: int  # software pipelining depth; 1 for float32 operands to stay in shared memory
 
 
 def make_config(
@@ -124,8 +152,8 @@ def make_config(
     V = v.shape[-1]
     if T < 1:
         raise ValueError(f"sequence length T must be >= 1; got {T}")
-    if not (1 <= K <= MAX_HEAD_DIM and 1 <= V <= MAX_HEAD_DIM):
-        raise ValueError(f"head dims K={K}, V={V}: each must be in [1, {MAX_HEAD_DIM}]")
+    if not (1 <= K <= MAX_K and 1 <= V <= MAX_V):
+        raise ValueError(f"head dims K={K}, V={V}: the triton backend supports K in [1, {MAX_K}], V in [1, {MAX_V}]")
     for name, t in (("q", q), ("k", k), ("v", v)):
         if t.dtype not in SUPPORTED_DTYPES:
             raise TypeError(f"{name}.dtype {t.dtype}: the triton backend supports float32, float16, bfloat16")
@@ -142,11 +170,14 @@ def make_config(
         )
     check_device(q, k, v, g, gk, beta, initial_state)
     BK = max(16, triton.next_power_of_2(K))
-    BV = min(64, max(16, triton.next_power_of_2(V)))
+    BV = min(32, max(16, triton.next_power_of_2(V)))
+    BVO = min(64, max(16, triton.next_power_of_2(V)))
     return ChunkConfig(
-        B=B, T=T, H=H, K=K, V=V, BK=BK, BV=BV,
-        NT=triton.cdiv(T, CHUNK), NV=triton.cdiv(V, BV),
+        B=B, T=T, H=H, K=K, V=V, BK=BK, BKS=min(BK, 64), NK=triton.cdiv(K, min(BK, 64)), BV=BV, BVO=BVO,
+        NT=triton.cdiv(T, CHUNK), NV=triton.cdiv(V, BV), NVO=triton.cdiv(V, BVO),
         decay=mode, dot_dtype=_DOT_DTYPES[q.dtype],
+        num_warps=8 if BK >= 128 else 4, split_warps=8 if BK >= 64 else 4,
+        num_stages=1 if q.dtype == torch.float32 else 2,
     )
 
 
@@ -154,12 +185,20 @@ def make_config(
 # device helpers
 
 
+# The interpreter's tl.dot mishandles bfloat16 operands (it multiplies their bit patterns), so under
+# the interpreter bfloat16 dots round the operands to bfloat16 and multiply in float32 instead.
+_EMULATE_BF16_DOT = tl.constexpr(interpreting())
+
+
 @triton.jit
 def _dot(a, b, DT: tl.constexpr):
     # float32 accumulation always. Half inputs: operands rounded to the input dtype (tensor cores at
-    # full rate, half the shared memory); float32 inputs: exact float32 products, no tf32 rounding.
+    # full rate, half the shared memory). float32 inputs: 3xTF32 (tensor cores, close to float32
+    # accuracy; plain tf32 would lose ~3 decimal digits, "ieee" falls off the tensor cores).
     if DT == tl.float32:
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="tf32x3")
+    elif _EMULATE_BF16_DOT and DT == tl.bfloat16:
+        return tl.dot(a.to(DT).to(tl.float32), b.to(DT).to(tl.float32), input_precision="ieee")
     else:
         return tl.dot(a.to(DT), b.to(DT))
 
@@ -193,7 +232,7 @@ def chunk_local_cumsum_kernel(
 
 def chunk_local_cumsum(decay: torch.Tensor, cfg: ChunkConfig) -> torch.Tensor:
     """float32 inclusive cumsum of the log decay within each chunk, same layout as `decay`."""
-    out = torch.empty(decay.shape, dtype=torch.float32, device=decay.device)
+    out = empty(decay.shape, torch.float32, decay.device)
     chunk_local_cumsum_kernel[(cfg.NT, cfg.B * cfg.H)](
         decay, out, cfg.T,
         H=cfg.H, K=cfg.K, BT=CHUNK, BK=cfg.BK, PER_CHANNEL=cfg.decay == DECAY_CHANNEL,
@@ -277,12 +316,12 @@ def chunk_pair_fwd(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-channel decay only: (A_qk, L_kk or None), float32 [B*H, T, BT]."""
     shape = (cfg.B * cfg.H, cfg.T, CHUNK)
-    aqk = torch.empty(shape, dtype=torch.float32, device=q.device)
-    akk = torch.empty(shape, dtype=torch.float32, device=q.device) if delta else aqk
+    aqk = empty(shape, torch.float32, q.device)
+    akk = empty(shape, torch.float32, q.device) if delta else aqk
     chunk_pair_fwd_kernel[(cfg.NT * (CHUNK // SUBCHUNK), cfg.B * cfg.H)](
         q, k, gcum, aqk, akk, cfg.T,
         H=cfg.H, K=cfg.K, BT=CHUNK, BC=SUBCHUNK, BK=cfg.BK, DELTA=delta, DT=cfg.dot_dtype,
-        num_warps=2,
+        num_warps=4, num_stages=cfg.num_stages,
     )
     return aqk, (akk if delta else None)
 
@@ -362,9 +401,9 @@ def chunk_fwd_h(
     Pass v for gated linear attention, or (w, u0) from the WY transform for the delta rule."""
     delta = w is not None
     dev = k.device
-    hs = torch.empty(cfg.B * cfg.H, cfg.NT, cfg.K, cfg.V, dtype=torch.float32, device=dev)
-    ht = torch.empty(cfg.B, cfg.H, cfg.K, cfg.V, dtype=torch.float32, device=dev)
-    u = torch.empty(cfg.B, cfg.T, cfg.H, cfg.V, dtype=torch.float32, device=dev) if delta else None
+    hs = empty((cfg.B * cfg.H, cfg.NT, cfg.K, cfg.V), torch.float32, dev)
+    ht = empty((cfg.B, cfg.H, cfg.K, cfg.V), torch.float32, dev)
+    u = empty((cfg.B, cfg.T, cfg.H, cfg.V), torch.float32, dev) if delta else None
     dummy = hs
     chunk_fwd_h_kernel[(cfg.NV, cfg.B * cfg.H)](
         k, v if v is not None else dummy, gcum if gcum is not None else dummy,
@@ -372,7 +411,7 @@ def chunk_fwd_h(
         initial_state if initial_state is not None else dummy, hs, ht, cfg.T,
         H=cfg.H, K=cfg.K, V=cfg.V, BT=CHUNK, BK=cfg.BK, BV=cfg.BV, DECAY=cfg.decay, DELTA=delta,
         USE_H0=initial_state is not None, STORE_FINAL=True, DT=cfg.dot_dtype,
-        num_warps=4, num_stages=2,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return hs, ht, u
 
@@ -433,11 +472,11 @@ def chunk_fwd_o(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gcum: torch.Tensor | None,
     aqk: torch.Tensor | None, hs: torch.Tensor, scale: float, cfg: ChunkConfig, out_dtype: torch.dtype,
 ) -> torch.Tensor:
-    o = torch.empty(cfg.B, cfg.T, cfg.H, cfg.V, dtype=out_dtype, device=q.device)
-    chunk_fwd_o_kernel[(cfg.NV, cfg.NT, cfg.B * cfg.H)](
+    o = empty((cfg.B, cfg.T, cfg.H, cfg.V), out_dtype, q.device)
+    chunk_fwd_o_kernel[(cfg.NVO, cfg.NT, cfg.B * cfg.H)](
         q, k, v, gcum if gcum is not None else hs, aqk if aqk is not None else hs, hs, o, scale, cfg.T,
-        H=cfg.H, K=cfg.K, V=cfg.V, BT=CHUNK, BK=cfg.BK, BV=cfg.BV, DECAY=cfg.decay, DT=cfg.dot_dtype,
-        num_warps=4, num_stages=2,
+        H=cfg.H, K=cfg.K, V=cfg.V, BT=CHUNK, BK=cfg.BK, BV=cfg.BVO, DECAY=cfg.decay, DT=cfg.dot_dtype,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return o
 
@@ -533,9 +572,9 @@ def chunk_bwd_dh(
     """(dh leaving each chunk [B*H, NT, K, V] fp32, dh0 or None, dU or None for the delta rule)."""
     delta = w is not None
     dev = q.device
-    dhs = torch.empty(cfg.B * cfg.H, cfg.NT, cfg.K, cfg.V, dtype=torch.float32, device=dev)
-    dh0 = torch.empty_like(initial_state) if initial_state is not None else None
-    du = torch.empty(cfg.B, cfg.T, cfg.H, cfg.V, dtype=torch.float32, device=dev) if delta else None
+    dhs = empty((cfg.B * cfg.H, cfg.NT, cfg.K, cfg.V), torch.float32, dev)
+    dh0 = empty_like(initial_state) if initial_state is not None else None
+    du = empty((cfg.B, cfg.T, cfg.H, cfg.V), torch.float32, dev) if delta else None
     dummy = dhs
     chunk_bwd_dh_kernel[(cfg.NV, cfg.B * cfg.H)](
         q, k, gcum if gcum is not None else dummy, aqk if aqk is not None else dummy,
@@ -543,9 +582,77 @@ def chunk_bwd_dh(
         dh0 if dh0 is not None else dummy, dhs, scale, cfg.T,
         H=cfg.H, K=cfg.K, V=cfg.V, BT=CHUNK, BK=cfg.BK, BV=cfg.BV, DECAY=cfg.decay, DELTA=delta,
         USE_DHT=dht is not None, STORE_DH0=dh0 is not None, DT=cfg.dot_dtype,
-        num_warps=4, num_stages=2,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return dhs, dh0, du
+
+
+# --------------------------------------------------------------------------------------------------
+# value gradient of gated linear attention (backward), parallel over chunks
+
+
+@triton.jit
+def chunk_bwd_dv_kernel(
+    Q, Kp, GC, AQK, DHS, DO, DV, scale, T,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+    BV: tl.constexpr, DECAY: tl.constexpr, DT: tl.constexpr,
+):
+    """dv = (scale A)^T do + (k exp(b_last - b)) dh_out over one chunk and one value block."""
+    i_v = tl.program_id(0)
+    i_t = tl.program_id(1)
+    i_bh = tl.program_id(2)
+    i_b = i_bh // H
+    i_h = i_bh % H
+    NT = tl.cdiv(T, BT)
+    base = i_b.to(tl.int64) * T * H + i_h
+    o_bt = tl.arange(0, BT)
+    rows = i_t * BT + o_bt
+    m_t = rows < T
+    tok = base + rows * H
+    o_k = tl.arange(0, BK)
+    m_k = o_k < K
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_v = o_v < V
+    m_tk = m_t[:, None] & m_k[None, :]
+    m_tv = m_t[:, None] & m_v[None, :]
+    b_k = tl.load(Kp + tok[:, None] * K + o_k[None, :], mask=m_tk, other=0.0).to(tl.float32)
+    b_do = tl.load(DO + tok[:, None] * V + o_v[None, :], mask=m_tv, other=0.0).to(tl.float32)
+    b_dh = tl.load(DHS + (i_bh.to(tl.int64) * NT + i_t) * K * V + o_k[:, None] * V + o_v[None, :],
+                   mask=m_k[:, None] & m_v[None, :], other=0.0)  # [BK, BV] grad of the state leaving
+    causal = (o_bt[:, None] >= o_bt[None, :]) & m_t[:, None]
+    last = base + (tl.minimum(T, i_t * BT + BT) - 1) * H
+    if DECAY == 2:
+        b_g = tl.load(GC + tok[:, None] * K + o_k[None, :], mask=m_tk, other=0.0)
+        g_last = tl.load(GC + last * K + o_k, mask=m_k, other=0.0)
+        b_kr = b_k * tl.exp(tl.where(m_tk, g_last[None, :] - b_g, 0.0))
+        b_a = tl.load(AQK + (i_bh.to(tl.int64) * T + rows)[:, None] * BT + o_bt[None, :],
+                      mask=m_t[:, None], other=0.0)
+    else:
+        b_q = tl.load(Q + tok[:, None] * K + o_k[None, :], mask=m_tk, other=0.0).to(tl.float32)
+        b_a = _dot(b_q, tl.trans(b_k), DT)  # [BT, BT]
+        if DECAY == 1:
+            b_g = tl.load(GC + tok, mask=m_t, other=0.0)
+            g_last = tl.load(GC + last)
+            b_a = b_a * tl.exp(tl.where(causal, b_g[:, None] - b_g[None, :], 0.0))
+            b_kr = b_k * tl.exp(tl.where(m_t, g_last - b_g, 0.0))[:, None]
+        else:
+            b_kr = b_k
+        b_a = tl.where(causal, b_a, 0.0)
+    b_dv = scale * _dot(tl.trans(b_a), b_do, DT) + _dot(b_kr, b_dh, DT)
+    tl.store(DV + tok[:, None] * V + o_v[None, :], b_dv.to(DV.dtype.element_ty), mask=m_tv)
+
+
+def chunk_bwd_dv(
+    q: torch.Tensor, k: torch.Tensor, gcum: torch.Tensor | None, aqk: torch.Tensor | None,
+    dhs: torch.Tensor, do: torch.Tensor, scale: float, cfg: ChunkConfig, dv_dtype: torch.dtype,
+) -> torch.Tensor:
+    dv = empty((cfg.B, cfg.T, cfg.H, cfg.V), dv_dtype, q.device)
+    chunk_bwd_dv_kernel[(cfg.NVO, cfg.NT, cfg.B * cfg.H)](
+        q, k, gcum if gcum is not None else dhs, aqk if aqk is not None else dhs, dhs, do, dv, scale, cfg.T,
+        H=cfg.H, K=cfg.K, V=cfg.V, BT=CHUNK, BK=cfg.BK, BV=cfg.BVO, DECAY=cfg.decay, DT=cfg.dot_dtype,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    return dv
 
 
 # --------------------------------------------------------------------------------------------------
@@ -567,25 +674,22 @@ def chunk_pair_bwd_kernel(
     dx_i = sum_j dP_ij y_j e^{b_i - b_j}, dy_j = sum_i dP_ij x_i e^{b_i - b_j},
     db_i += x_i dx_i - y_i dy_i."""
     NC: tl.constexpr = BT // BC
-    i_t = tl.program_id(0)
-    i_bh = tl.program_id(1)
+    i_k = tl.program_id(0)
+    i_t = tl.program_id(1)
+    i_bh = tl.program_id(2)
     i_b = i_bh // H
     i_h = i_bh % H
     NT = tl.cdiv(T, BT)
     base = i_b.to(tl.int64) * T * H + i_h
     mat = i_bh.to(tl.int64) * T  # row of (bh, t=0) in the [B*H, T, BT] matrices
     t0 = i_t * BT
-    o_k = tl.arange(0, BK)
+    o_k = i_k * BK + tl.arange(0, BK)  # this program's slice of the key channels
     m_k = o_k < K
     o_c = tl.arange(0, BC)
     o_bt = tl.arange(0, BT)
     rows_all = t0 + o_bt
     m_all = rows_all < T
-    m_allk = m_all[:, None] & m_k[None, :]
     p_all = (base + rows_all * H)[:, None] * K + o_k[None, :]
-    q_all = tl.load(Q + p_all, mask=m_allk, other=0.0).to(tl.float32)  # [BT, BK]
-    k_all = tl.load(Kp + p_all, mask=m_allk, other=0.0).to(tl.float32)
-    g_all = tl.load(GC + p_all, mask=m_allk, other=0.0)
     d_last = tl.load(DLAST + (i_bh.to(tl.int64) * NT + i_t) * K + o_k, mask=m_k, other=0.0)  # [BK]
     carry = tl.zeros([BK], dtype=tl.float32)  # sum of db over the later sub-chunks
     for ii in tl.static_range(NC):
@@ -602,8 +706,12 @@ def chunk_pair_bwd_kernel(
         # row role: columns before the sub-chunk, through the decay at row i0
         r = tl.minimum(i0, T - 1)
         g_r = tl.load(GC + (base + r * H) * K + o_k, mask=m_k, other=0.0)
+        # chunk-wide tiles are (re)loaded per sub-chunk, masked to the rows needed, to keep them
+        # out of registers across the sub-chunk loop
         m_before = ((o_bt < c0) & m_all)[:, None] & m_k[None, :]
-        b_kb = tl.where(m_before, k_all * tl.exp(tl.where(m_before, g_r[None, :] - g_all, 0.0)), 0.0)
+        k_all = tl.load(Kp + p_all, mask=m_before, other=0.0).to(tl.float32)  # [BT, BK]
+        g_all = tl.load(GC + p_all, mask=m_before, other=0.0)
+        b_kb = k_all * tl.exp(tl.where(m_before, g_r[None, :] - g_all, 0.0))
         e_i = tl.exp(tl.where(m_ik, b_g - g_r[None, :], 0.0))
         m_row_before = m_i[:, None] & (o_bt < c0)[None, :]
         p_rows = (mat + o_i)[:, None] * BT + o_bt[None, :]
@@ -618,15 +726,16 @@ def chunk_pair_bwd_kernel(
         r2 = tl.minimum(i0 + BC - 1, T - 1)
         g_r2 = tl.load(GC + (base + r2 * H) * K + o_k, mask=m_k, other=0.0)
         m_after = ((o_bt >= c0 + BC) & m_all)[:, None] & m_k[None, :]
+        g_all = tl.load(GC + p_all, mask=m_after, other=0.0)
         e_after = tl.exp(tl.where(m_after, g_all - g_r2[None, :], 0.0))
-        b_qa = tl.where(m_after, q_all * e_after, 0.0)  # [BT, BK]
+        b_qa = tl.load(Q + p_all, mask=m_after, other=0.0).to(tl.float32) * e_after  # [BT, BK]
         e_c = tl.exp(tl.where(m_ik, g_r2[None, :] - b_g, 0.0))
         m_col_after = ((o_bt >= c0 + BC) & m_all)[:, None] & (o_c >= 0)[None, :]
         p_cols = (mat + rows_all)[:, None] * BT + (c0 + o_c)[None, :]
         b_dac = tl.load(DA + p_cols, mask=m_col_after, other=0.0)  # [BT, BC]
         b_dka = _dot(tl.trans(b_dac), b_qa, DT) * e_c  # [BC, BK]
         if DELTA:
-            b_ka = tl.where(m_after, k_all * e_after, 0.0)
+            b_ka = tl.load(Kp + p_all, mask=m_after, other=0.0).to(tl.float32) * e_after
             b_dlc = tl.load(DL + p_cols, mask=m_col_after, other=0.0)
             b_dky = _dot(tl.trans(b_dlc), b_ka, DT) * e_c
         # diagonal block, one token j of the sub-chunk at a time
@@ -673,12 +782,12 @@ def chunk_pair_bwd(
     g_dtype: torch.dtype,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Final (dq, dk, dgk) for a per-channel decay."""
-    dq = torch.empty_like(q)
-    dk = torch.empty_like(k)
-    dg = torch.empty(gcum.shape, dtype=g_dtype, device=q.device)
-    chunk_pair_bwd_kernel[(cfg.NT, cfg.B * cfg.H)](
+    dq = empty_like(q)
+    dk = empty_like(k)
+    dg = empty(gcum.shape, g_dtype, q.device)
+    chunk_pair_bwd_kernel[(cfg.NK, cfg.NT, cfg.B * cfg.H)](
         q, k, gcum, da, dl if dl is not None else da, dqp, dkp, dbp, dlast, dq, dk, dg, cfg.T,
-        H=cfg.H, K=cfg.K, BT=CHUNK, BC=SUBCHUNK, BK=cfg.BK, DELTA=dl is not None, DT=cfg.dot_dtype,
-        num_warps=4,
+        H=cfg.H, K=cfg.K, BT=CHUNK, BC=SUBCHUNK, BK=cfg.BKS, DELTA=dl is not None, DT=cfg.dot_dtype,
+        num_warps=cfg.split_warps, num_stages=cfg.num_stages,
     )
     return dq, dk, dg

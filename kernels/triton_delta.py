@@ -8,6 +8,12 @@ Chunked with the WY / UT transform. Inside a chunk with entering state h and cum
   h_out = e^{b_last} h + (k e^{b_last - b})^T U
 so after the WY step the chunk is gated linear attention with values U. Forward and backward run in a
 torch.autograd.Function (gradients for q, k, v, beta, g / gk, initial_state); states are float32.
+
+Forward:  cumsum(decay) -> [per-channel: pair matrices A, L] -> wy (M, W, U0 per chunk) -> fwd_h
+(sequential, forms U) -> fwd_o.
+Backward: recompute -> bwd_dh (sequential, reverse; forms dU) -> bwd_dqk (parallel over key slices x
+chunks: everything outside the WY transform) -> bwd_wy (parallel over chunks: dv, dbeta, the WY and
+L parts of dk) -> [per-channel: pair bwd for the intra-chunk parts and the decay gradient].
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import triton.language as tl
 from hybridnas.kernels.triton_common import (
     CHUNK,
     DECAY_CHANNEL,
+    DECAY_HEAD,
     DECAY_NONE,
     ChunkConfig,
     _dot,
@@ -29,6 +36,8 @@ from hybridnas.kernels.triton_common import (
     chunk_pair_bwd,
     chunk_pair_fwd,
     decay_mode,
+    empty,
+    empty_like,
     make_config,
 )
 from hybridnas.kernels.triton_gla import check_step_inputs
@@ -61,19 +70,15 @@ def delta_wy_kernel(
     p_tk = tok[:, None] * K + o_k[None, :]
     p_mat = (i_bh.to(tl.int64) * T + rows)[:, None] * BT + o_bt[None, :]
     strict = (o_bt[:, None] > o_bt[None, :]) & m_t[:, None]
-    b_k = tl.load(Kp + p_tk, mask=m_tk, other=0.0).to(tl.float32)  # [BT, BK]
     b_beta = tl.load(BETA + tok, mask=m_t, other=0.0).to(tl.float32)  # [BT]
     if DECAY == 2:
         b_l = tl.load(AKK + p_mat, mask=m_t[:, None], other=0.0)
-        b_kb = b_k * tl.exp(tl.load(GC + p_tk, mask=m_tk, other=0.0))
     else:
+        b_k = tl.load(Kp + p_tk, mask=m_tk, other=0.0).to(tl.float32)  # [BT, BK]
         b_l = _dot(b_k, tl.trans(b_k), DT)
         if DECAY == 1:
             b_g = tl.load(GC + tok, mask=m_t, other=0.0)
             b_l = b_l * tl.exp(tl.where(strict, b_g[:, None] - b_g[None, :], 0.0))
-            b_kb = b_k * tl.exp(b_g)[:, None]
-        else:
-            b_kb = b_k
         b_l = tl.where(strict, b_l, 0.0)
     b_l = b_l * b_beta[:, None]
     # forward substitution, one row at a time: M_i = e_i - sum_{j<i} L_ij M_j
@@ -82,6 +87,13 @@ def delta_wy_kernel(
         l_i = tl.sum(tl.where(o_bt[:, None] == i, b_l, 0.0), axis=0)  # [BT] row i of L
         m_i = tl.sum(l_i[:, None] * b_m, axis=0)  # [BT]
         b_m = tl.where(o_bt[:, None] == i, b_m - m_i[None, :], b_m)
+    b_k = tl.load(Kp + p_tk, mask=m_tk, other=0.0).to(tl.float32)  # [BT, BK]
+    if DECAY == 1:
+        b_kb = b_k * tl.exp(tl.load(GC + tok, mask=m_t, other=0.0))[:, None]
+    elif DECAY == 2:
+        b_kb = b_k * tl.exp(tl.load(GC + p_tk, mask=m_tk, other=0.0))
+    else:
+        b_kb = b_k
     tl.store(M + p_mat, b_m, mask=m_t[:, None])
     tl.store(W + p_tk, _dot(b_m, b_kb * b_beta[:, None], DT), mask=m_tk)
     for i_v in range(0, NV):
@@ -93,16 +105,19 @@ def delta_wy_kernel(
 
 
 @triton.jit
-def delta_bwd_kernel(
-    Q, Kp, Vp, BETA, GC, AQK, AKK, M, U, DU, HS, DHS, DO,
-    DQ, DK, DV, DBETA, DG, DA, DL, DBP, DLAST, scale, T,
+def delta_bwd_dqk_kernel(
+    Q, Kp, GC, U, DU, HS, DHS, DO, DQ, DKP, DW, DGP, DA, DBP, DLAST, scale, T,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
     BV: tl.constexpr, NV: tl.constexpr, DECAY: tl.constexpr, DT: tl.constexpr,
 ):
-    """One chunk: dv and dbeta (final), dq, dk, dg (final for no / per-head decay; partials plus
-    the pair-matrix gradients for a per-channel decay, finished by chunk_pair_bwd)."""
-    i_t = tl.program_id(0)
-    i_bh = tl.program_id(1)
+    """One chunk and one slice of BK key channels: everything that does not go through the WY
+    transform. dW = -dU h^T to DW; dq (final, or a float32 partial for a per-channel decay); the
+    k-gradient of the state update and of A to DKP (float32); for a per-head decay this slice's share
+    of dg to DGP; for a per-channel decay scale * dA (slice 0), the partial d(cumulative decay) and
+    the last-row decay gradient to DA, DBP, DLAST."""
+    i_k = tl.program_id(0)
+    i_t = tl.program_id(1)
+    i_bh = tl.program_id(2)
     i_b = i_bh // H
     i_h = i_bh % H
     NT = tl.cdiv(T, BT)
@@ -111,51 +126,17 @@ def delta_bwd_kernel(
     rows = i_t * BT + o_bt
     m_t = rows < T
     tok = base + rows * H
-    o_k = tl.arange(0, BK)
+    o_k = i_k * BK + tl.arange(0, BK)
     m_k = o_k < K
     m_tk = m_t[:, None] & m_k[None, :]
     p_tk = tok[:, None] * K + o_k[None, :]
-    p_mat = (i_bh.to(tl.int64) * T + rows)[:, None] * BT + o_bt[None, :]
     causal = (o_bt[:, None] >= o_bt[None, :]) & m_t[:, None]
-    strict = (o_bt[:, None] > o_bt[None, :]) & m_t[:, None]
-    b_q = tl.load(Q + p_tk, mask=m_tk, other=0.0).to(tl.float32)  # [BT, BK]
-    b_k = tl.load(Kp + p_tk, mask=m_tk, other=0.0).to(tl.float32)  # [BT, BK]
-    b_beta = tl.load(BETA + tok, mask=m_t, other=0.0).to(tl.float32)  # [BT]
-    last = base + (tl.minimum(T, i_t * BT + BT) - 1) * H
-    if DECAY == 0:
-        b_qk = _dot(b_q, tl.trans(b_k), DT)
-        b_kk = _dot(b_k, tl.trans(b_k), DT)
-        b_a = tl.where(causal, b_qk, 0.0)
-        b_lraw = tl.where(strict, b_kk, 0.0)
-        b_kb = b_k  # k e^b
-        b_kr = b_k  # k e^{b_last - b}
-    elif DECAY == 1:
-        b_g = tl.load(GC + tok, mask=m_t, other=0.0)  # [BT]
-        g_last = tl.load(GC + last)
-        e_pair = tl.exp(tl.where(causal, b_g[:, None] - b_g[None, :], 0.0))  # [BT, BT]
-        b_a = tl.where(causal, _dot(b_q, tl.trans(b_k), DT) * e_pair, 0.0)
-        b_lraw = tl.where(strict, _dot(b_k, tl.trans(b_k), DT) * e_pair, 0.0)
-        e_q = tl.exp(b_g)[:, None]
-        e_k = tl.exp(tl.where(m_t, g_last - b_g, 0.0))[:, None]
-        b_kb = b_k * e_q
-        b_kr = b_k * e_k
-    else:
-        b_g = tl.load(GC + p_tk, mask=m_tk, other=0.0)  # [BT, BK]
-        g_last = tl.load(GC + last * K + o_k, mask=m_k, other=0.0)  # [BK]
-        b_a = tl.load(AQK + p_mat, mask=m_t[:, None], other=0.0)
-        b_lraw = tl.load(AKK + p_mat, mask=m_t[:, None], other=0.0)
-        e_q = tl.exp(b_g)
-        e_k = tl.exp(tl.where(m_tk, g_last[None, :] - b_g, 0.0))
-        b_kb = b_k * e_q
-        b_kr = b_k * e_k
-    b_m = tl.load(M + p_mat, mask=m_t[:, None], other=0.0)  # [BT, BT] (I + L)^{-1}
+    last = base + (tl.minimum(T, i_t * BT + BT) - 1) * H  # token row of the chunk's last token
     b_da = tl.zeros([BT, BT], dtype=tl.float32)  # do U^T
-    b_dm = tl.zeros([BT, BT], dtype=tl.float32)  # gradient of M
     b_dq = tl.zeros([BT, BK], dtype=tl.float32)  # do h^T
     b_dkr = tl.zeros([BT, BK], dtype=tl.float32)  # U dh_out^T
-    b_dw = tl.zeros([BT, BK], dtype=tl.float32)  # gradient of W = -dU h^T
+    b_dw = tl.zeros([BT, BK], dtype=tl.float32)  # -dU h^T
     b_hdh = tl.zeros([BK], dtype=tl.float32)  # sum_v h * dh_out
-    b_dbeta = tl.zeros([BT], dtype=tl.float32)
     p_state = (i_bh.to(tl.int64) * NT + i_t) * K * V
     for i_v in range(0, NV):
         o_v = i_v * BV + tl.arange(0, BV)
@@ -164,8 +145,7 @@ def delta_bwd_kernel(
         m_kv = m_k[:, None] & m_v[None, :]
         p_tv = tok[:, None] * V + o_v[None, :]
         p_kv = p_state + o_k[:, None] * V + o_v[None, :]
-        b_v = tl.load(Vp + p_tv, mask=m_tv, other=0.0).to(tl.float32)  # [BT, BV]
-        b_do = tl.load(DO + p_tv, mask=m_tv, other=0.0).to(tl.float32)
+        b_do = tl.load(DO + p_tv, mask=m_tv, other=0.0).to(tl.float32)  # [BT, BV]
         b_u = tl.load(U + p_tv, mask=m_tv, other=0.0)
         b_du = tl.load(DU + p_tv, mask=m_tv, other=0.0)
         b_h = tl.load(HS + p_kv, mask=m_kv, other=0.0)  # [BK, BV]
@@ -176,58 +156,140 @@ def delta_bwd_kernel(
         b_dw -= _dot(b_du, tl.trans(b_h), DT)
         if DECAY != 0:
             b_hdh += tl.sum(b_h * b_dh, axis=1)
-        # U0 = M (beta v): gradient of (beta v) is M^T dU
-        b_dbv = _dot(tl.trans(b_m), b_du, DT)  # [BT, BV]
-        tl.store(DV + p_tv, (b_dbv * b_beta[:, None]).to(DV.dtype.element_ty), mask=m_tv)
-        b_dbeta += tl.sum(b_dbv * b_v, axis=1)
-        b_dm += _dot(b_du, tl.trans(b_v * b_beta[:, None]), DT)
-    # W = M (beta k e^b)
-    b_dm += _dot(b_dw, tl.trans(b_kb * b_beta[:, None]), DT)
-    b_dbkb = _dot(tl.trans(b_m), b_dw, DT)  # gradient of beta k e^b, [BT, BK]
-    b_dbeta += tl.sum(b_dbkb * b_kb, axis=1)
-    b_dkw = b_dbkb * b_beta[:, None]  # gradient of k e^b
-    if DECAY != 0:
-        b_dkw = b_dkw * e_q
-    # M = (I + L)^{-1}: dL = -M^T dM M^T on the strict lower triangle
-    b_dl = -_dot(_dot(tl.trans(b_m), b_dm, DT), tl.trans(b_m), DT)
-    b_dl = tl.where(strict, b_dl, 0.0)
-    b_dbeta += tl.sum(b_dl * b_lraw, axis=1)
-    tl.store(DBETA + tok, b_dbeta.to(DBETA.dtype.element_ty), mask=m_t)
-    b_dl = b_dl * b_beta[:, None]  # gradient of the beta-free pair matrix
+    tl.store(DW + p_tk, b_dw, mask=m_tk)
     b_da = tl.where(causal, b_da * scale, 0.0)  # gradient of the unscaled A, times scale
+    b_q = tl.load(Q + p_tk, mask=m_tk, other=0.0).to(tl.float32)  # [BT, BK]
+    b_k = tl.load(Kp + p_tk, mask=m_tk, other=0.0).to(tl.float32)
     b_dq = b_dq * scale
     if DECAY == 0:
         b_dq += _dot(b_da, b_k, DT)
-        b_dk = b_dkw + b_dkr + _dot(tl.trans(b_da), b_q, DT)
-        b_dk += _dot(b_dl, b_k, DT) + _dot(tl.trans(b_dl), b_k, DT)
         tl.store(DQ + p_tk, b_dq.to(DQ.dtype.element_ty), mask=m_tk)
-        tl.store(DK + p_tk, b_dk.to(DK.dtype.element_ty), mask=m_tk)
+        tl.store(DKP + p_tk, b_dkr + _dot(tl.trans(b_da), b_q, DT), mask=m_tk)
     elif DECAY == 1:
-        b_dq = b_dq * e_q
-        b_dkr = b_dkr * e_k
+        b_g = tl.load(GC + tok, mask=m_t, other=0.0)  # [BT]
+        g_last = tl.load(GC + last)
+        b_dq = b_dq * tl.exp(b_g)[:, None]
+        b_dkr = b_dkr * tl.exp(tl.where(m_t, g_last - b_g, 0.0))[:, None]
         d_last = tl.exp(g_last) * tl.sum(b_hdh, axis=0) + tl.sum(tl.sum(b_k * b_dkr, axis=1), axis=0)
-        b_dae = b_da * e_pair
-        b_dle = b_dl * e_pair
-        b_dq += _dot(b_dae, b_k, DT)
-        b_dka = _dot(tl.trans(b_dae), b_q, DT)
-        b_dkx = _dot(b_dle, b_k, DT)
-        b_dky = _dot(tl.trans(b_dle), b_k, DT)
-        b_dk = b_dkw + b_dkr + b_dka + b_dkx + b_dky
-        b_db = tl.sum(b_q * b_dq + b_k * (b_dkx - b_dky - b_dka + b_dkw - b_dkr), axis=1)  # [BT]
-        b_dg = tl.cumsum(b_db, axis=0, reverse=True) + d_last
+        b_da = b_da * tl.exp(tl.where(causal, b_g[:, None] - b_g[None, :], 0.0))
+        b_dq += _dot(b_da, b_k, DT)
+        b_dk = b_dkr + _dot(tl.trans(b_da), b_q, DT)
+        b_db = tl.sum(b_q * b_dq - b_k * b_dk, axis=1)  # [BT]
         tl.store(DQ + p_tk, b_dq.to(DQ.dtype.element_ty), mask=m_tk)
-        tl.store(DK + p_tk, b_dk.to(DK.dtype.element_ty), mask=m_tk)
-        tl.store(DG + tok, b_dg.to(DG.dtype.element_ty), mask=m_t)
+        tl.store(DKP + p_tk, b_dk, mask=m_tk)
+        tl.store(DGP + i_k.to(tl.int64) * (tl.num_programs(2) * T) + tok,
+                 tl.cumsum(b_db, axis=0, reverse=True) + d_last, mask=m_t)
     else:
-        b_dq = b_dq * e_q
-        b_dkr = b_dkr * e_k
+        b_g = tl.load(GC + p_tk, mask=m_tk, other=0.0)  # [BT, BK]
+        g_last = tl.load(GC + last * K + o_k, mask=m_k, other=0.0)  # [BK]
+        b_dq = b_dq * tl.exp(b_g)
+        b_dkr = b_dkr * tl.exp(tl.where(m_tk, g_last[None, :] - b_g, 0.0))
         d_last = tl.exp(g_last) * b_hdh + tl.sum(b_k * b_dkr, axis=0)  # [BK]
         tl.store(DQ + p_tk, b_dq, mask=m_tk)
-        tl.store(DK + p_tk, b_dkw + b_dkr, mask=m_tk)
-        tl.store(DBP + p_tk, b_q * b_dq + b_k * (b_dkw - b_dkr), mask=m_tk)
-        tl.store(DA + p_mat, b_da, mask=m_t[:, None])
-        tl.store(DL + p_mat, b_dl, mask=m_t[:, None])
+        tl.store(DKP + p_tk, b_dkr, mask=m_tk)
+        tl.store(DBP + p_tk, b_q * b_dq - b_k * b_dkr, mask=m_tk)
         tl.store(DLAST + (i_bh.to(tl.int64) * NT + i_t) * K + o_k, d_last, mask=m_k)
+        if i_k == 0:
+            p_mat = (i_bh.to(tl.int64) * T + rows)[:, None] * BT + o_bt[None, :]
+            tl.store(DA + p_mat, b_da, mask=m_t[:, None])
+
+
+@triton.jit
+def delta_bwd_wy_kernel(
+    Kp, Vp, BETA, GC, AKK, M, DU, DW, DKP, DGP, DV, DBETA, DK, DG, DL, DBP, T,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+    BV: tl.constexpr, NK: tl.constexpr, NV: tl.constexpr, DECAY: tl.constexpr, DT: tl.constexpr,
+):
+    """One chunk, through the WY transform (U0 = M beta v, W = M beta k e^b, M = (I + L)^{-1}):
+    dv and dbeta (final), the k-gradient of W and of L added to DKP's partial; dk and dg final for
+    no / per-head decay, or (per-channel) DKP and DBP updated in place and beta * dL to DL for
+    chunk_pair_bwd. Loops over value blocks and BK-wide key slices."""
+    i_t = tl.program_id(0)
+    i_bh = tl.program_id(1)
+    i_b = i_bh // H
+    i_h = i_bh % H
+    base = i_b.to(tl.int64) * T * H + i_h
+    o_bt = tl.arange(0, BT)
+    rows = i_t * BT + o_bt
+    m_t = rows < T
+    tok = base + rows * H
+    p_mat = (i_bh.to(tl.int64) * T + rows)[:, None] * BT + o_bt[None, :]
+    strict = (o_bt[:, None] > o_bt[None, :]) & m_t[:, None]
+    b_beta = tl.load(BETA + tok, mask=m_t, other=0.0).to(tl.float32)  # [BT]
+    b_m = tl.load(M + p_mat, mask=m_t[:, None], other=0.0)  # [BT, BT]
+    b_dm = tl.zeros([BT, BT], dtype=tl.float32)  # gradient of M
+    b_dbeta = tl.zeros([BT], dtype=tl.float32)
+    for i_v in range(0, NV):
+        o_v = i_v * BV + tl.arange(0, BV)
+        m_tv = m_t[:, None] & (o_v < V)[None, :]
+        p_tv = tok[:, None] * V + o_v[None, :]
+        b_v = tl.load(Vp + p_tv, mask=m_tv, other=0.0).to(tl.float32)  # [BT, BV]
+        b_du = tl.load(DU + p_tv, mask=m_tv, other=0.0)
+        b_dbv = _dot(tl.trans(b_m), b_du, DT)  # gradient of beta v
+        tl.store(DV + p_tv, (b_dbv * b_beta[:, None]).to(DV.dtype.element_ty), mask=m_tv)
+        b_dbeta += tl.sum(b_dbv * b_v, axis=1)
+        b_dm += _dot(b_du, tl.trans(b_v * b_beta[:, None]), DT)
+    if DECAY == 1:
+        b_g = tl.load(GC + tok, mask=m_t, other=0.0)  # [BT]
+    b_lraw = tl.zeros([BT, BT], dtype=tl.float32)  # k k^T (no / per-head decay)
+    for i_k in range(0, NK):
+        o_k = i_k * BK + tl.arange(0, BK)
+        m_tk = m_t[:, None] & (o_k < K)[None, :]
+        p_tk = tok[:, None] * K + o_k[None, :]
+        b_k = tl.load(Kp + p_tk, mask=m_tk, other=0.0).to(tl.float32)  # [BT, BK]
+        b_dw = tl.load(DW + p_tk, mask=m_tk, other=0.0)
+        if DECAY == 0:
+            b_kb = b_k
+        elif DECAY == 1:
+            b_kb = b_k * tl.exp(b_g)[:, None]
+        else:
+            b_kb = b_k * tl.exp(tl.load(GC + p_tk, mask=m_tk, other=0.0))
+        b_dm += _dot(b_dw, tl.trans(b_kb * b_beta[:, None]), DT)
+        b_dbeta += tl.sum(_dot(tl.trans(b_m), b_dw, DT) * b_kb, axis=1)
+        if DECAY != 2:
+            b_lraw += _dot(b_k, tl.trans(b_k), DT)
+    # dL = -M^T dM M^T on the strict lower triangle
+    b_dl = tl.where(strict, -_dot(_dot(tl.trans(b_m), b_dm, DT), tl.trans(b_m), DT), 0.0)
+    if DECAY == 2:
+        b_lraw = tl.load(AKK + p_mat, mask=m_t[:, None], other=0.0)
+    elif DECAY == 1:
+        e_pair = tl.exp(tl.where(strict, b_g[:, None] - b_g[None, :], 0.0))
+        b_lraw = b_lraw * e_pair
+    b_lraw = tl.where(strict, b_lraw, 0.0)
+    b_dbeta += tl.sum(b_dl * b_lraw, axis=1)
+    tl.store(DBETA + tok, b_dbeta.to(DBETA.dtype.element_ty), mask=m_t)
+    b_dl = b_dl * b_beta[:, None]  # gradient of the beta-free pair matrix
+    if DECAY == 2:
+        tl.store(DL + p_mat, b_dl, mask=m_t[:, None])
+    if DECAY == 1:
+        b_dl = b_dl * e_pair
+    b_db = tl.zeros([BT], dtype=tl.float32)
+    for i_k in range(0, NK):
+        o_k = i_k * BK + tl.arange(0, BK)
+        m_tk = m_t[:, None] & (o_k < K)[None, :]
+        p_tk = tok[:, None] * K + o_k[None, :]
+        b_k = tl.load(Kp + p_tk, mask=m_tk, other=0.0).to(tl.float32)
+        b_dw = tl.load(DW + p_tk, mask=m_tk, other=0.0)
+        b_dkw = _dot(tl.trans(b_m), b_dw, DT) * b_beta[:, None]  # gradient of k e^b
+        if DECAY == 1:
+            b_dkw = b_dkw * tl.exp(b_g)[:, None]
+        elif DECAY == 2:
+            b_dkw = b_dkw * tl.exp(tl.load(GC + p_tk, mask=m_tk, other=0.0))
+        b_dk = tl.load(DKP + p_tk, mask=m_tk, other=0.0) + b_dkw
+        if DECAY == 2:
+            tl.store(DKP + p_tk, b_dk, mask=m_tk)
+            tl.store(DBP + p_tk, tl.load(DBP + p_tk, mask=m_tk, other=0.0) + b_k * b_dkw, mask=m_tk)
+        else:
+            b_dkx = _dot(b_dl, b_k, DT)  # k as the row of L
+            b_dky = _dot(tl.trans(b_dl), b_k, DT)  # k as the column of L
+            tl.store(DK + p_tk, (b_dk + b_dkx + b_dky).to(DK.dtype.element_ty), mask=m_tk)
+            if DECAY == 1:
+                b_db += tl.sum(b_k * (b_dkw + b_dkx - b_dky), axis=1)
+    if DECAY == 1:
+        b_dg = tl.cumsum(b_db, axis=0, reverse=True)
+        for i_k in range(0, NK):
+            b_dg += tl.load(DGP + i_k * (tl.num_programs(1) * T) + tok, mask=m_t, other=0.0)
+        tl.store(DG + tok, b_dg.to(DG.dtype.element_ty), mask=m_t)
 
 
 def _forward(
@@ -240,15 +302,15 @@ def _forward(
     aqk = akk = None
     if cfg.decay == DECAY_CHANNEL:
         aqk, akk = chunk_pair_fwd(q, k, gcum, cfg, delta=True)
-    m = torch.empty(cfg.B * cfg.H, cfg.T, CHUNK, **f32)
-    w = torch.empty(cfg.B, cfg.T, cfg.H, cfg.K, **f32)
-    u0 = torch.empty(cfg.B, cfg.T, cfg.H, cfg.V, **f32)
+    m = empty((cfg.B * cfg.H, cfg.T, CHUNK), **f32)
+    w = empty((cfg.B, cfg.T, cfg.H, cfg.K), **f32)
+    u0 = empty((cfg.B, cfg.T, cfg.H, cfg.V), **f32)
     dummy = m
     delta_wy_kernel[(cfg.NT, cfg.B * cfg.H)](
         k, v, beta, gcum if gcum is not None else dummy, akk if akk is not None else dummy,
         m, w, u0, cfg.T,
         H=cfg.H, K=cfg.K, V=cfg.V, BT=CHUNK, BK=cfg.BK, BV=cfg.BV, NV=cfg.NV, DECAY=cfg.decay,
-        DT=cfg.dot_dtype, num_warps=4,
+        DT=cfg.dot_dtype, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     hs, ht, u = chunk_fwd_h(k, None, gcum, initial_state, cfg, w=w, u0=u0)
     return dict(gcum=gcum, aqk=aqk, akk=akk, m=m, w=w, hs=hs, ht=ht, u=u)
@@ -264,6 +326,7 @@ class _ChunkDeltaFunction(torch.autograd.Function):
         ctx.save_for_backward(q, k, v, beta, decay, initial_state)
         ctx.cfg = cfg
         ctx.scale = scale
+        ctx.set_materialize_grads(False)  # an unused final state gives dht = None, not zeros
         return o, fw["ht"]
 
     @staticmethod
@@ -271,36 +334,43 @@ class _ChunkDeltaFunction(torch.autograd.Function):
         q, k, v, beta, decay, initial_state = ctx.saved_tensors
         cfg: ChunkConfig = ctx.cfg
         scale: float = ctx.scale
-        do = do.contiguous()
+        do = do.contiguous() if do is not None else torch.zeros(v.shape, dtype=v.dtype, device=v.device)
         dht = dht.contiguous() if dht is not None else None
         fw = _forward(q, k, v, beta, decay, initial_state, cfg)
         gcum, aqk = fw["gcum"], fw["aqk"]
         dhs, dh0, du = chunk_bwd_dh(q, k, gcum, aqk, do, dht, initial_state, scale, cfg, w=fw["w"])
-        dv = torch.empty_like(v)
-        dbeta = torch.empty_like(beta)
         dummy = dhs
         f32 = dict(dtype=torch.float32, device=q.device)
-        if cfg.decay == DECAY_CHANNEL:
-            dq = torch.empty(q.shape, **f32)  # partials, finished by chunk_pair_bwd
-            dk = torch.empty(k.shape, **f32)
-            dbp = torch.empty(k.shape, **f32)
-            da = torch.empty(cfg.B * cfg.H, cfg.T, CHUNK, **f32)
-            dl = torch.empty(cfg.B * cfg.H, cfg.T, CHUNK, **f32)
-            dlast = torch.empty(cfg.B * cfg.H, cfg.NT, cfg.K, **f32)
-            dg = dummy
+        dw = empty(k.shape, **f32)  # gradient of W
+        dkp = empty(k.shape, **f32)  # partial dk
+        channel = cfg.decay == DECAY_CHANNEL
+        dq = empty(q.shape, **f32) if channel else empty_like(q)  # a partial for pair bwd if channel
+        dgp = empty((cfg.NK,) + tuple(decay.shape), **f32) if cfg.decay == DECAY_HEAD else dummy
+        if channel:
+            dbp = empty(k.shape, **f32)
+            da = empty((cfg.B * cfg.H, cfg.T, CHUNK), **f32)
+            dl = empty((cfg.B * cfg.H, cfg.T, CHUNK), **f32)
+            dlast = empty((cfg.B * cfg.H, cfg.NT, cfg.K), **f32)
         else:
-            dq, dk = torch.empty_like(q), torch.empty_like(k)
-            dg = torch.empty_like(decay) if decay is not None else dummy
             dbp = da = dl = dlast = dummy
-        delta_bwd_kernel[(cfg.NT, cfg.B * cfg.H)](
-            q, k, v, beta, gcum if gcum is not None else dummy, aqk if aqk is not None else dummy,
-            fw["akk"] if fw["akk"] is not None else dummy, fw["m"], fw["u"], du, fw["hs"], dhs, do,
-            dq, dk, dv, dbeta, dg, da, dl, dbp, dlast, scale, cfg.T,
-            H=cfg.H, K=cfg.K, V=cfg.V, BT=CHUNK, BK=cfg.BK, BV=cfg.BV, NV=cfg.NV, DECAY=cfg.decay,
-            DT=cfg.dot_dtype, num_warps=8, num_stages=2,
+        gc = gcum if gcum is not None else dummy
+        delta_bwd_dqk_kernel[(cfg.NK, cfg.NT, cfg.B * cfg.H)](
+            q, k, gc, fw["u"], du, fw["hs"], dhs, do, dq, dkp, dw, dgp, da, dbp, dlast, scale, cfg.T,
+            H=cfg.H, K=cfg.K, V=cfg.V, BT=CHUNK, BK=cfg.BKS, BV=cfg.BV, NV=cfg.NV, DECAY=cfg.decay,
+            DT=cfg.dot_dtype, num_warps=cfg.split_warps, num_stages=cfg.num_stages,
         )
-        if cfg.decay == DECAY_CHANNEL:
-            dq, dk, dg = chunk_pair_bwd(q, k, gcum, da, dl, dq, dk, dbp, dlast, cfg, decay.dtype)
+        dv = empty_like(v)
+        dbeta = empty_like(beta)
+        dk = dkp if channel else empty_like(k)
+        dg = empty_like(decay) if cfg.decay == DECAY_HEAD else dummy
+        delta_bwd_wy_kernel[(cfg.NT, cfg.B * cfg.H)](
+            k, v, beta, gc, fw["akk"] if channel else dummy, fw["m"], du, dw, dkp, dgp, dv, dbeta, dk,
+            dg, dl, dbp, cfg.T,
+            H=cfg.H, K=cfg.K, V=cfg.V, BT=CHUNK, BK=cfg.BKS, BV=cfg.BV, NK=cfg.NK, NV=cfg.NV,
+            DECAY=cfg.decay, DT=cfg.dot_dtype, num_warps=cfg.split_warps, num_stages=cfg.num_stages,
+        )
+        if channel:
+            dq, dk, dg = chunk_pair_bwd(q, k, gcum, da, dl, dq, dkp, dbp, dlast, cfg, decay.dtype)
         if cfg.decay == DECAY_NONE:
             dg = None
         return dq, dk, dv, dbeta, dg, None, dh0, None
@@ -382,8 +452,8 @@ def triton_gated_delta_rule_step(
     scale = K**-0.5 if scale is None else float(scale)
     q, k, v, beta, state = q.contiguous(), k.contiguous(), v.contiguous(), beta.contiguous(), state.contiguous()
     decay = decay.contiguous() if decay is not None else state
-    o = torch.empty(B, H, V, dtype=q.dtype, device=q.device)
-    new_state = torch.empty_like(state)
+    o = empty((B, H, V), q.dtype, q.device)
+    new_state = empty_like(state)
     BK = max(16, triton.next_power_of_2(K))
     BV = min(64, max(16, triton.next_power_of_2(V)))
     delta_step_kernel[(triton.cdiv(V, BV), B * H)](

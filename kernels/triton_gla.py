@@ -4,9 +4,11 @@ Chunked forward (per chunk of 64 tokens: intra-chunk attention with tl.dot, inte
 passing) and backward in a torch.autograd.Function; a one-token decode step. Decays come in log space:
 `g` per head [B, T, H] or `gk` per key channel [B, T, H, K] (or neither). States are float32.
 
-Forward:  cumsum(decay) -> [per-channel: pair matrix A] -> fwd_h (sequential) -> fwd_o (parallel).
-Backward: recompute the forward states, bwd_dh (sequential, reverse) -> bwd main (parallel: dv, and
-dq, dk, dg for no/per-head decay) -> [per-channel: pair bwd for the intra-chunk part and dgk].
+Forward:  cumsum(decay) -> [per-channel: pair matrix A] -> fwd_h (sequential over chunks, parallel
+over value blocks x batch*heads) -> fwd_o (parallel over chunks).
+Backward: recompute the forward states -> bwd_dh (sequential, reverse) -> bwd_dv (parallel) and
+gla_bwd (parallel over key slices x chunks: dq, dk, dg for no / per-head decay) -> [per-channel:
+pair bwd for the intra-chunk part of dq, dk and the decay gradient].
 """
 
 from __future__ import annotations
@@ -18,17 +20,23 @@ import triton.language as tl
 from hybridnas.kernels.triton_common import (
     CHUNK,
     DECAY_CHANNEL,
+    DECAY_HEAD,
     DECAY_NONE,
+    MAX_K,
+    MAX_V,
     ChunkConfig,
     _dot,
     check_device,
     chunk_bwd_dh,
+    chunk_bwd_dv,
     chunk_fwd_h,
     chunk_fwd_o,
     chunk_local_cumsum,
     chunk_pair_bwd,
     chunk_pair_fwd,
     decay_mode,
+    empty,
+    empty_like,
     make_config,
 )
 
@@ -40,15 +48,19 @@ __all__ = [
 
 @triton.jit
 def gla_bwd_kernel(
-    Q, Kp, Vp, GC, AQK, HS, DHS, DO, DQ, DK, DV, DG, DA, DBP, DLAST, scale, T,
+    Q, Kp, Vp, GC, HS, DHS, DO, DQ, DK, DG, DA, DBP, DLAST, scale, T,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
     BV: tl.constexpr, NV: tl.constexpr, DECAY: tl.constexpr, DT: tl.constexpr,
 ):
-    """One chunk: dv (final), and dq, dk, dg (final for no / per-head decay; for a per-channel decay
-    the inter-chunk parts of dq, dk and d(cumulative decay) go to DQ, DK, DBP as float32 partials,
-    scale * dA to DA and the last-row decay gradient to DLAST, for chunk_pair_bwd to finish)."""
-    i_t = tl.program_id(0)
-    i_bh = tl.program_id(1)
+    """One chunk and one slice of BK key channels: dq, dk (and dg) from the inter-chunk states and
+    the intra-chunk attention gradient dA = do v^T (recomputed per slice, it does not depend on K).
+
+    No / per-head decay: dq, dk final; DG gets this slice's share of dg (summed over slices on the
+    host). Per-channel decay: dq, dk and d(cumulative decay) partials go to DQ, DK, DBP as float32,
+    scale * dA to DA (slice 0 only) and the last-row decay gradient to DLAST, for chunk_pair_bwd."""
+    i_k = tl.program_id(0)
+    i_t = tl.program_id(1)
+    i_bh = tl.program_id(2)
     i_b = i_bh // H
     i_h = i_bh % H
     NT = tl.cdiv(T, BT)
@@ -57,36 +69,13 @@ def gla_bwd_kernel(
     rows = i_t * BT + o_bt
     m_t = rows < T
     tok = base + rows * H
-    o_k = tl.arange(0, BK)
+    o_k = i_k * BK + tl.arange(0, BK)
     m_k = o_k < K
     m_tk = m_t[:, None] & m_k[None, :]
     p_tk = tok[:, None] * K + o_k[None, :]
     causal = (o_bt[:, None] >= o_bt[None, :]) & m_t[:, None]
-    b_q = tl.load(Q + p_tk, mask=m_tk, other=0.0).to(tl.float32)  # [BT, BK]
-    b_k = tl.load(Kp + p_tk, mask=m_tk, other=0.0).to(tl.float32)  # [BT, BK]
-    last = base + (tl.minimum(T, i_t * BT + BT) - 1) * H
-    # decay factors: e_q = exp(b) for q, e_k = exp(b_last - b) for k
-    if DECAY == 0:
-        b_a = tl.where(causal, _dot(b_q, tl.trans(b_k), DT), 0.0)
-        b_kr = b_k
-    elif DECAY == 1:
-        b_g = tl.load(GC + tok, mask=m_t, other=0.0)  # [BT]
-        g_last = tl.load(GC + last)
-        e_pair = tl.exp(tl.where(causal, b_g[:, None] - b_g[None, :], 0.0))  # [BT, BT]
-        b_a = tl.where(causal, _dot(b_q, tl.trans(b_k), DT) * e_pair, 0.0)
-        e_q = tl.exp(b_g)[:, None]
-        e_k = tl.exp(tl.where(m_t, g_last - b_g, 0.0))[:, None]
-        b_kr = b_k * e_k
-    else:
-        b_g = tl.load(GC + p_tk, mask=m_tk, other=0.0)  # [BT, BK]
-        g_last = tl.load(GC + last * K + o_k, mask=m_k, other=0.0)  # [BK]
-        b_a = tl.load(AQK + (i_bh.to(tl.int64) * T + rows)[:, None] * BT + o_bt[None, :],
-                      mask=m_t[:, None], other=0.0)
-        e_q = tl.exp(b_g)
-        e_k = tl.exp(tl.where(m_tk, g_last[None, :] - b_g, 0.0))
-        b_kr = b_k * e_k
-    b_a = b_a * scale
-    b_da = tl.zeros([BT, BT], dtype=tl.float32)
+    last = base + (tl.minimum(T, i_t * BT + BT) - 1) * H  # token row of the chunk's last token
+    b_da = tl.zeros([BT, BT], dtype=tl.float32)  # do v^T
     b_dq = tl.zeros([BT, BK], dtype=tl.float32)  # do h^T
     b_dk = tl.zeros([BT, BK], dtype=tl.float32)  # v dh_out^T
     b_hdh = tl.zeros([BK], dtype=tl.float32)  # sum_v h * dh_out (gradient of exp(b_last))
@@ -107,9 +96,9 @@ def gla_bwd_kernel(
         b_dk += _dot(b_v, tl.trans(b_dh), DT)
         if DECAY != 0:
             b_hdh += tl.sum(b_h * b_dh, axis=1)
-        b_dv = _dot(tl.trans(b_a), b_do, DT) + _dot(b_kr, b_dh, DT)
-        tl.store(DV + p_tv, b_dv.to(DV.dtype.element_ty), mask=m_tv)
     b_da = tl.where(causal, b_da * scale, 0.0)  # gradient w.r.t. the unscaled pair matrix, times scale
+    b_q = tl.load(Q + p_tk, mask=m_tk, other=0.0).to(tl.float32)  # [BT, BK]
+    b_k = tl.load(Kp + p_tk, mask=m_tk, other=0.0).to(tl.float32)  # [BT, BK]
     b_dq = b_dq * scale
     if DECAY == 0:
         b_dq += _dot(b_da, b_k, DT)
@@ -117,31 +106,37 @@ def gla_bwd_kernel(
         tl.store(DQ + p_tk, b_dq.to(DQ.dtype.element_ty), mask=m_tk)
         tl.store(DK + p_tk, b_dk.to(DK.dtype.element_ty), mask=m_tk)
     elif DECAY == 1:
-        b_dq = b_dq * e_q
-        b_dk = b_dk * e_k
+        b_g = tl.load(GC + tok, mask=m_t, other=0.0)  # [BT]
+        g_last = tl.load(GC + last)
+        b_dq = b_dq * tl.exp(b_g)[:, None]
+        b_dk = b_dk * tl.exp(tl.where(m_t, g_last - b_g, 0.0))[:, None]
         # d(b_last): exp(b_last) <h, dh_out> plus the k side of the state update
         d_last = tl.exp(g_last) * tl.sum(b_hdh, axis=0) + tl.sum(tl.sum(b_k * b_dk, axis=1), axis=0)
-        b_dae = b_da * e_pair
-        b_dq += _dot(b_dae, b_k, DT)
-        b_dk += _dot(tl.trans(b_dae), b_q, DT)
+        b_da = b_da * tl.exp(tl.where(causal, b_g[:, None] - b_g[None, :], 0.0))
+        b_dq += _dot(b_da, b_k, DT)
+        b_dk += _dot(tl.trans(b_da), b_q, DT)
         b_db = tl.sum(b_q * b_dq - b_k * b_dk, axis=1)  # [BT]
         b_dg = tl.cumsum(b_db, axis=0, reverse=True) + d_last
         tl.store(DQ + p_tk, b_dq.to(DQ.dtype.element_ty), mask=m_tk)
         tl.store(DK + p_tk, b_dk.to(DK.dtype.element_ty), mask=m_tk)
-        tl.store(DG + tok, b_dg.to(DG.dtype.element_ty), mask=m_t)
+        tl.store(DG + i_k.to(tl.int64) * (tl.num_programs(2) * T) + tok, b_dg, mask=m_t)
     else:
-        b_dq = b_dq * e_q
-        b_dk = b_dk * e_k
+        b_g = tl.load(GC + p_tk, mask=m_tk, other=0.0)
+        g_last = tl.load(GC + last * K + o_k, mask=m_k, other=0.0)
+        b_dq = b_dq * tl.exp(b_g)
+        b_dk = b_dk * tl.exp(tl.where(m_tk, g_last[None, :] - b_g, 0.0))
         d_last = tl.exp(g_last) * b_hdh + tl.sum(b_k * b_dk, axis=0)  # [BK]
         tl.store(DQ + p_tk, b_dq, mask=m_tk)
         tl.store(DK + p_tk, b_dk, mask=m_tk)
         tl.store(DBP + p_tk, b_q * b_dq - b_k * b_dk, mask=m_tk)
-        tl.store(DA + (i_bh.to(tl.int64) * T + rows)[:, None] * BT + o_bt[None, :], b_da, mask=m_t[:, None])
         tl.store(DLAST + (i_bh.to(tl.int64) * NT + i_t) * K + o_k, d_last, mask=m_k)
+        if i_k == 0:
+            p_mat = (i_bh.to(tl.int64) * T + rows)[:, None] * BT + o_bt[None, :]
+            tl.store(DA + p_mat, b_da, mask=m_t[:, None])
 
 
 def _forward(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decay: torch.Tensor | None, scale: float,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decay: torch.Tensor | None,
     initial_state: torch.Tensor | None, cfg: ChunkConfig,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor, torch.Tensor]:
     """(cumulative decay, pair matrix A, states entering each chunk, final state)."""
@@ -156,11 +151,12 @@ class _ChunkGLAFunction(torch.autograd.Function):
     def forward(ctx, q, k, v, decay, scale, initial_state, mode):  # type: ignore[override]
         cfg = make_config(q, k, v, decay if mode == 1 else None, decay if mode == 2 else None, None,
                           initial_state)
-        gcum, aqk, hs, ht = _forward(q, k, v, decay, scale, initial_state, cfg)
+        gcum, aqk, hs, ht = _forward(q, k, v, decay, initial_state, cfg)
         o = chunk_fwd_o(q, k, v, gcum, aqk, hs, scale, cfg, q.dtype)
         ctx.save_for_backward(q, k, v, decay, initial_state)
         ctx.cfg = cfg
         ctx.scale = scale
+        ctx.set_materialize_grads(False)  # an unused final state gives dht = None, not zeros
         return o, ht
 
     @staticmethod
@@ -168,31 +164,33 @@ class _ChunkGLAFunction(torch.autograd.Function):
         q, k, v, decay, initial_state = ctx.saved_tensors
         cfg: ChunkConfig = ctx.cfg
         scale: float = ctx.scale
-        do = do.contiguous()
+        do = do.contiguous() if do is not None else torch.zeros(v.shape, dtype=v.dtype, device=v.device)
         dht = dht.contiguous() if dht is not None else None
-        gcum, aqk, hs, _ = _forward(q, k, v, decay, scale, initial_state, cfg)
+        gcum, aqk, hs, _ = _forward(q, k, v, decay, initial_state, cfg)
         dhs, dh0, _ = chunk_bwd_dh(q, k, gcum, aqk, do, dht, initial_state, scale, cfg)
-        BHT = (cfg.B * cfg.H, cfg.T, CHUNK)
-        dv = torch.empty_like(v)
+        dv = chunk_bwd_dv(q, k, gcum, aqk, dhs, do, scale, cfg, v.dtype)
         dummy = dhs
+        f32 = dict(dtype=torch.float32, device=q.device)
         if cfg.decay == DECAY_CHANNEL:
-            f32 = dict(dtype=torch.float32, device=q.device)
-            dq = torch.empty(q.shape, **f32)  # partials, finished by chunk_pair_bwd
-            dk = torch.empty(k.shape, **f32)
-            dbp = torch.empty(k.shape, **f32)
-            da = torch.empty(BHT, **f32)
-            dlast = torch.empty(cfg.B * cfg.H, cfg.NT, cfg.K, **f32)
+            dq = empty(q.shape, **f32)  # partials, finished by chunk_pair_bwd
+            dk = empty(k.shape, **f32)
+            dbp = empty(k.shape, **f32)
+            da = empty((cfg.B * cfg.H, cfg.T, CHUNK), **f32)
+            dlast = empty((cfg.B * cfg.H, cfg.NT, cfg.K), **f32)
             dg = dummy
         else:
-            dq, dk = torch.empty_like(q), torch.empty_like(k)
-            dg = torch.empty_like(decay) if decay is not None else dummy
+            dq, dk = empty_like(q), empty_like(k)
+            # per-head decay: one dg share per key slice, summed below
+            dg = empty((cfg.NK,) + tuple(decay.shape), **f32) if decay is not None else dummy
             dbp = da = dlast = dummy
-        gla_bwd_kernel[(cfg.NT, cfg.B * cfg.H)](
-            q, k, v, gcum if gcum is not None else dummy, aqk if aqk is not None else dummy,
-            hs, dhs, do, dq, dk, dv, dg, da, dbp, dlast, scale, cfg.T,
-            H=cfg.H, K=cfg.K, V=cfg.V, BT=CHUNK, BK=cfg.BK, BV=cfg.BV, NV=cfg.NV, DECAY=cfg.decay,
-            DT=cfg.dot_dtype, num_warps=8 if cfg.BK >= 128 else 4, num_stages=2,
+        gla_bwd_kernel[(cfg.NK, cfg.NT, cfg.B * cfg.H)](
+            q, k, v, gcum if gcum is not None else dummy, hs, dhs, do, dq, dk, dg, da, dbp, dlast,
+            scale, cfg.T,
+            H=cfg.H, K=cfg.K, V=cfg.V, BT=CHUNK, BK=cfg.BKS, BV=cfg.BV, NV=cfg.NV, DECAY=cfg.decay,
+            DT=cfg.dot_dtype, num_warps=cfg.split_warps, num_stages=cfg.num_stages,
         )
+        if cfg.decay == DECAY_HEAD:
+            dg = dg.sum(0).to(decay.dtype)
         if cfg.decay == DECAY_CHANNEL:
             dq, dk, dg = chunk_pair_bwd(q, k, gcum, da, None, dq, dk, dbp, dlast, cfg, decay.dtype)
         if cfg.decay == DECAY_NONE:
@@ -272,8 +270,8 @@ def check_step_inputs(
         raise ValueError(f"gk must be [B, H, K] = [{B}, {H}, {K}]; got {tuple(gk.shape)}")
     if beta is not None and beta.shape != (B, H):
         raise ValueError(f"beta must be [B, H] = [{B}, {H}]; got {tuple(beta.shape)}")
-    if K > 256 or V > 256:
-        raise ValueError(f"head dims K={K}, V={V}: each must be <= 256")
+    if not (1 <= K <= MAX_K and 1 <= V <= MAX_V):
+        raise ValueError(f"head dims K={K}, V={V}: the triton backend supports K in [1, {MAX_K}], V in [1, {MAX_V}]")
     tensors = (q, k, v, state, g, gk, beta)
     check_device(*tensors)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
@@ -300,8 +298,8 @@ def triton_gated_linear_attention_step(
     scale = K**-0.5 if scale is None else float(scale)
     q, k, v, state = q.contiguous(), k.contiguous(), v.contiguous(), state.contiguous()
     decay = decay.contiguous() if decay is not None else state
-    o = torch.empty(B, H, V, dtype=q.dtype, device=q.device)
-    new_state = torch.empty_like(state)
+    o = empty((B, H, V), q.dtype, q.device)
+    new_state = empty_like(state)
     BK = max(16, triton.next_power_of_2(K))
     BV = min(64, max(16, triton.next_power_of_2(V)))
     gla_step_kernel[(triton.cdiv(V, BV), B * H)](
