@@ -3,14 +3,17 @@
     python benchmarks/kernels.py --device cpu --dtype float32 --B 2 --H 4 --D 64 \\
         --T 512 1024 2048 4096 8192 --repeats 5 --threads 2
 
-"fwd" is a training forward (inputs require grad); "fwd+bwd" adds the backward of a random
-projection of the output, timed in the same iteration. Each figure is the median of --repeats runs
-after one warm-up. The ratio tables are computed from the figures of this run only.
+"fwd" is a training forward (inputs require grad); "fwd+bwd" adds the backward of o.sum() (with
+a dense gradient), timed in the same iteration. Each figure is the median of --repeats runs after
+one warm-up (--interleave: in rounds over the methods). The ratio tables are computed from the
+figures of this run only. On a shared machine, `--threads 1 --clock process` (CPU time of this
+process) is the steadier view.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from dataclasses import dataclass
@@ -55,23 +58,45 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def measure(run: Run, x: dict[str, torch.Tensor], repeats: int, device: str) -> Timing:
-    fwd, total = [], []
-    for i in range(repeats + 1):  # the first run warms up (allocator, kernel compilation)
-        for t in x.values():
-            t.grad = None
-        sync(device)
-        t0 = time.perf_counter()
-        o = run(x)
-        sync(device)
-        t1 = time.perf_counter()
-        o.backward(torch.ones_like(o))
-        sync(device)
-        t2 = time.perf_counter()
-        if i:
-            fwd.append(t1 - t0)
-            total.append(t2 - t0)
-    return Timing(statistics.median(fwd), statistics.median(total))
+#: The clock: wall time, or this process's CPU time (robust on a shared machine with --threads 1).
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "process": time.process_time}
+clock = CLOCKS["wall"]
+
+
+def time_once(run: Run, x: dict[str, torch.Tensor], device: str) -> tuple[float, float]:
+    """(forward seconds, forward + backward seconds) of one call."""
+    for t in x.values():
+        t.grad = None
+    sync(device)
+    t0 = clock()
+    o = run(x)
+    sync(device)
+    t1 = clock()
+    o.backward(torch.ones_like(o))
+    sync(device)
+    return t1 - t0, clock() - t0
+
+
+def measure(
+    runs: dict[str, Run], x: dict[str, torch.Tensor], repeats: dict[str, int], device: str, interleave: bool
+) -> dict[str, Timing]:
+    """Median timings of every method after one warm-up run (allocator, kernel compilation; the
+    naive loop of thousands of tiny steps needs none). By default each method runs its repeats
+    back to back (its steady state); with `interleave`, in rounds of one run per method, so that
+    load from other processes spreads over all methods alike (but each method then also pays for
+    the memory the others just freed)."""
+    samples: dict[str, list[tuple[float, float]]] = {name: [] for name in runs}
+    plan = [(name, r) for name in runs for r in range(repeats[name] + (name != "naive"))]
+    if interleave:
+        plan.sort(key=lambda item: item[1])
+    for name, r in plan:
+        fwd_bwd = time_once(runs[name], x, device)
+        if r >= (name != "naive"):
+            samples[name].append(fwd_bwd)
+    return {
+        name: Timing(statistics.median(f for f, _ in ts), statistics.median(t for _, t in ts))
+        for name, ts in samples.items()
+    }
 
 
 def recurrence(fn: Callable, primitive: str, **kw: object) -> Run:
@@ -129,19 +154,24 @@ def main() -> None:
     p.add_argument("--naive-max-T", type=int, default=2048, help="longest T to run the naive loop at")
     p.add_argument("--naive-repeats", type=int, default=3, help="repeats for the (slow) naive loop")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads for CPU runs")
+    p.add_argument("--interleave", action="store_true", help="time the methods in rounds (see measure)")
+    p.add_argument("--clock", default="wall", choices=list(CLOCKS), help="process: CPU time, use with --threads 1")
     p.add_argument("--chunk-size", type=int, default=64)
     p.add_argument("--primitives", nargs="+", default=["gla", "delta"], choices=["gla", "delta"])
     p.add_argument("--decays", nargs="+", default=["g", "gk"], choices=["none", "g", "gk"])
     args = p.parse_args()
+    global clock
     torch.set_num_threads(args.threads)
+    clock = CLOCKS[args.clock]
+    started = time.perf_counter()
     dtype = getattr(torch, args.dtype)
     triton_ok = "triton" in available_backends(args.device)
     print(
-        f"device={args.device} dtype={args.dtype} B={args.B} H={args.H} D={args.D} threads={args.threads} "
-        f"repeats={args.repeats} (naive {args.naive_repeats}) chunk_size={args.chunk_size} torch={torch.__version__}"
+        f"device={args.device} dtype={args.dtype} B={args.B} H={args.H} D={args.D} "
+        f"threads={args.threads} clock={args.clock} "
+        f"repeats={args.repeats} (naive {args.naive_repeats}) chunk_size={args.chunk_size} torch={torch.__version__} "
+        f"load average at the start: {os.getloadavg()}"
     )
-    sdpa_times = {T: measure(sdpa, make_inputs("gla", "none", args.B, T, args.H, args.D, args.device, dtype),
-                             args.repeats, args.device) for T in args.T}
     for primitive in args.primitives:
         for decay in args.decays:
             naive_fn = naive_gated_linear_attention if primitive == "gla" else naive_gated_delta_rule
@@ -152,20 +182,17 @@ def main() -> None:
                 "chunk": recurrence(chunk_fn, primitive, chunk_size=args.chunk_size),
                 "triton": recurrence(public, primitive, backend="triton") if triton_ok else None,
                 "fla": fla_run(primitive, decay) if args.device.startswith("cuda") else None,
+                "sdpa": sdpa,
             }
             rows: dict[int, dict[str, Timing | None]] = {}
             for T in args.T:
                 x = make_inputs(primitive, decay, args.B, T, args.H, args.D, args.device, dtype)
-                row: dict[str, Timing | None] = {}
-                for name, run in methods.items():
-                    if run is None or (name == "naive" and T > args.naive_max_T):
-                        row[name] = None
-                        continue
-                    repeats = args.naive_repeats if name == "naive" else args.repeats
-                    row[name] = measure(run, x, repeats, args.device)
-                row["sdpa"] = sdpa_times[T]
-                rows[T] = row
+                runs = {n: r for n, r in methods.items() if r is not None and (n != "naive" or T <= args.naive_max_T)}
+                repeats = {n: args.naive_repeats if n == "naive" else args.repeats for n in runs}
+                timings = measure(runs, x, repeats, args.device, args.interleave)
+                rows[T] = {n: timings.get(n) for n in methods}
             report(primitive, decay, rows)
+    print(f"\nload average (1, 5, 15 min) at the end: {os.getloadavg()}; took {time.perf_counter() - started:.0f} s")
 
 
 def report(primitive: str, decay: str, rows: dict[int, dict[str, Timing | None]]) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
 from typing import Callable
 
 import pytest
@@ -92,6 +94,17 @@ def test_exact_wide_chunk_path_matches_float64_naive(
     assert_all_close(actual, expected, ["o", "final_state", *grad_names(x)], rel=1e-10)
 
 
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("primitive", PRIMITIVES)
+def test_long_inputs_run_in_segments(primitive: str, mode: str, make_inputs, monkeypatch) -> None:
+    """A tiny segment budget makes every 16-token chunk its own segment, the state carried across."""
+    monkeypatch.setattr(chunk_module, "SEGMENT_ELEMENTS", 1)
+    x = make_inputs(primitive, mode, T=75, K=16, V=20, seed=11)
+    expected = outputs_and_grads(lambda x: call(NAIVE[primitive], primitive, x), x)
+    actual = outputs_and_grads(lambda x: call(CHUNK[primitive], primitive, x, chunk_size=16), x)
+    assert_all_close(actual, expected, ["o", "final_state", *grad_names(x)], rel=1e-10)
+
+
 @pytest.mark.parametrize("mode", ["g", "gk"])
 @pytest.mark.parametrize("primitive", PRIMITIVES)
 def test_chunk_exact_under_huge_decays(primitive: str, mode: str, make_inputs) -> None:
@@ -152,3 +165,24 @@ def test_chunk_size_must_be_a_power_of_two(chunk_size: int, make_inputs) -> None
     x = make_inputs("gla", "none", T=8)
     with pytest.raises(ValueError, match="chunk_size"):
         chunk_gated_linear_attention(x["q"], x["k"], x["v"], chunk_size=chunk_size)
+
+
+def test_chunk_source_is_self_contained(make_inputs) -> None:
+    """Exported models embed chunk.py verbatim: it may import only torch, math and typing, and its
+    source must run on its own, outside the package."""
+    source = Path(chunk_module.__file__).read_text()
+    imported = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            imported |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            imported.add((node.module or "").split(".")[0])
+    assert imported <= {"torch", "math", "typing", "__future__"}, imported
+    namespace: dict = {"__name__": "embedded_chunk"}
+    exec(compile(source, "embedded_chunk.py", "exec"), namespace)
+    x = make_inputs("delta", "gk", T=40, K=16, V=8)
+    args = (x["q"], x["k"], x["v"], x["beta"])
+    o, S = namespace["chunk_gated_delta_rule"](*args, gk=x["gk"], output_final_state=True)
+    o_ref, S_ref = naive_gated_delta_rule(*args, gk=x["gk"], output_final_state=True)
+    torch.testing.assert_close(o, o_ref)
+    torch.testing.assert_close(S, S_ref)
