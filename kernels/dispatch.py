@@ -62,13 +62,29 @@ def available_backends(device: torch.device | str) -> tuple[str, ...]:
     return names
 
 
-def resolve_backend(backend: str, device: torch.device) -> str:
-    """The concrete backend ("naive", "chunk" or "triton") that `backend` means for `device`."""
+#: What the Triton kernels accept; "auto" sends anything else to the chunk path.
+TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+TRITON_MAX_K = 128
+TRITON_MAX_V = 256
+
+
+def resolve_backend(
+    backend: str, device: torch.device, dtype: torch.dtype | None = None, head_dims: tuple[int, int] | None = None
+) -> str:
+    """The concrete backend ("naive", "chunk" or "triton") that `backend` means for `device`.
+
+    `dtype` and `head_dims` (K, V) let "auto" avoid Triton where its kernels do not apply
+    (float64 ground-truth runs, head dims beyond 128/256) instead of failing there.
+    """
     global _warned_auto_fallback
     if backend not in BACKENDS:
         raise ValueError(f"backend: got {backend!r}, allowed: {', '.join(BACKENDS)}")
     if backend == "auto":
         if device.type != "cuda":
+            return "chunk"
+        if dtype is not None and dtype not in TRITON_DTYPES:
+            return "chunk"
+        if head_dims is not None and (head_dims[0] > TRITON_MAX_K or head_dims[1] > TRITON_MAX_V):
             return "chunk"
         if _triton_importable():
             return "triton"
@@ -144,7 +160,7 @@ def gated_linear_attention(
     inputs) when output_final_state, else None.
     """
     check_recurrence_inputs(q, k, v, None, g, gk, initial_state)
-    name = resolve_backend(backend, q.device)
+    name = resolve_backend(backend, q.device, q.dtype, (q.shape[-1], v.shape[-1]))
     fn = {"naive": naive_gated_linear_attention, "chunk": chunk_gated_linear_attention}.get(name)
     if fn is None:
         fn = _load_triton("gla")
@@ -171,7 +187,7 @@ def gated_delta_rule(
     if beta is None:
         raise ValueError("beta: required, a tensor [B, T, H]")
     check_recurrence_inputs(q, k, v, beta, g, gk, initial_state)
-    name = resolve_backend(backend, q.device)
+    name = resolve_backend(backend, q.device, q.dtype, (q.shape[-1], v.shape[-1]))
     fn = {"naive": naive_gated_delta_rule, "chunk": chunk_gated_delta_rule}.get(name)
     if fn is None:
         fn = _load_triton("delta")

@@ -151,3 +151,15 @@ def test_step_does_not_mutate_the_state(primitive: str, make_inputs) -> None:
             _, new = K.gated_delta_rule_step(*args, x["beta"][:, 0], state)
     assert torch.equal(state, before)
     assert not torch.equal(new, before)
+
+
+def test_auto_on_cuda_keeps_triton_to_what_it_supports(monkeypatch) -> None:
+    """float64 and head dims beyond Triton's limits go to the chunk path; the rest to Triton."""
+    import hybridnas.kernels.dispatch as D
+
+    monkeypatch.setattr(D, "_triton_importable", lambda: True)
+    cuda = torch.device("cuda")
+    assert resolve_backend("auto", cuda, torch.bfloat16, (128, 128)) == "triton"
+    assert resolve_backend("auto", cuda, torch.float64, (64, 64)) == "chunk"
+    assert resolve_backend("auto", cuda, torch.float32, (256, 64)) == "chunk"
+    assert resolve_backend("auto", cuda, torch.float32, (64, 512)) == "chunk"
