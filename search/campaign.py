@@ -120,6 +120,7 @@ class Campaign:
 
 def parse_campaign(data: Any, source: str = "", **overrides: Any) -> Campaign:
     """Validate a campaign mapping (as loaded from YAML or from the store)."""
+    from hybridnas.workers.evaluate import METRICS
     from hybridnas.workers.tasks import make_task
 
     if not isinstance(data, dict):
@@ -129,6 +130,10 @@ def parse_campaign(data: Any, source: str = "", **overrides: Any) -> Campaign:
         file = CampaignFile.model_validate(data)
     except ValidationError as e:
         raise CampaignFileError(format_validation_error(e), source) from None
+    if file.objective.metric not in METRICS:
+        raise CampaignFileError(
+            [f"objective.metric: {file.objective.metric!r} is not recorded; allowed: {', '.join(METRICS)}"], source
+        )
     try:
         task = make_task(dict(file.task))
     except (ValueError, TypeError) as e:

@@ -12,9 +12,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from hybridnas.search.campaign import Campaign, CampaignFileError, load_campaign, parse_campaign
 from hybridnas.search.controller import Controller, Event, RunSummary
+from hybridnas.workers import EXECUTORS, Executor, make_executor
 from hybridnas.search.export import export_candidate
-from hybridnas.store import Store, StoreNotFound
-from hybridnas.store.cli import campaign_list, campaign_show, print_leaderboard
+from hybridnas.store import Store, StoreError
+from hybridnas.store.cli import campaign_list, campaign_show, open_store, print_leaderboard
 
 campaign_app = typer.Typer(help="Launch, resume and inspect search campaigns.", no_args_is_help=True)
 err = Console(stderr=True)
@@ -29,12 +30,32 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def _open_existing(url: str | None) -> Store:
-    """Open a store that must already exist: reading never creates an empty database."""
+def _open_for_writing(url: str | None) -> Store:
+    """Open (or create) the store a campaign writes to; a bad URL is a usage error."""
+    from sqlalchemy.exc import SQLAlchemyError
+
     try:
-        return Store.open(url, create=False)
-    except StoreNotFound as e:
-        fail(str(e))
+        return Store.open(url)
+    except (StoreError, SQLAlchemyError, ValueError) as e:
+        fail(f"--store: cannot open {url or 'the default store'}: {str(e).splitlines()[0]}")
+        raise
+
+
+def _executor(campaign: Campaign, kind: str | None, workers: int | None, address: str | None) -> Executor:
+    """The executor the campaign runs on, with command-line overrides; bad options are usage errors."""
+    if kind is not None and kind not in EXECUTORS:
+        fail(f"--executor: {kind!r} is not allowed; allowed: {', '.join(EXECUTORS)}")
+    ex = campaign.file.execution
+    try:
+        return make_executor(
+            kind or ex.executor,
+            workers=workers or ex.workers,
+            address=address if address is not None else ex.address,
+            cpus_per_worker=ex.cpus_per_worker,
+            gpus_per_worker=ex.gpus_per_worker,
+        )
+    except ValueError as e:
+        fail(f"--executor/--address: {e}")
         raise
 
 
@@ -46,25 +67,8 @@ def _load(file: Path, **overrides: object) -> Campaign:
         raise  # unreachable; keeps type checkers quiet
 
 
-def _run(
-    store: Store,
-    campaign: Campaign,
-    campaign_id: int,
-    executor_kind: str | None,
-    workers: int | None,
-    address: str | None,
-    export_dir: Path | None,
-) -> RunSummary:
-    from hybridnas.workers import make_executor
-
-    ex = campaign.file.execution
-    executor = make_executor(
-        executor_kind or ex.executor,
-        workers=workers or ex.workers,
-        address=address if address is not None else ex.address,
-        cpus_per_worker=ex.cpus_per_worker,
-        gpus_per_worker=ex.gpus_per_worker,
-    )
+def _run(store: Store, campaign: Campaign, campaign_id: int, executor: Executor, export_dir: Path | None) -> RunSummary:
+    """Run the controller to the budget with a progress bar; then print the leaderboard and export the winner."""
     budget = campaign.file.search.budget
     progress = Progress(
         TextColumn("[bold]{task.description}"),
@@ -82,19 +86,25 @@ def _run(
             progress.advance(task)
             mark = "[green]✓[/]" if e.kind == "done" else "[red]✗[/]"
             progress.console.print(f"  {mark} #{e.candidate_id} {e.label}  {e.detail}", highlight=False)
-        elif e.kind in ("resumed", "exhausted", "rejected"):
+        elif e.kind == "resumed":
+            progress.update(task, completed=controller.n_finished)
+            progress.console.print(f"  [yellow]resumed[/] {e.detail}", highlight=False)
+        elif e.kind in ("exhausted", "rejected"):
             progress.console.print(f"  [yellow]{e.kind}[/] {e.label} {e.detail}", highlight=False)
         progress.update(task, last=f"{executor.in_flight} running")
 
     controller = Controller(store, campaign, campaign_id, executor, on_event)
     try:
         with progress:
-            progress.update(task, completed=controller.n_finished)
             summary = controller.run()
     except KeyboardInterrupt:
         store.set_campaign_status(campaign_id, "stopped")
         err.print(f"\nstopped; recorded results are kept. Continue with: hybridnas campaign resume {campaign.name}")
         raise typer.Exit(130)
+    except Exception:
+        store.set_campaign_status(campaign_id, "failed")
+        err.print(f"the controller failed; recorded results are kept. After fixing the cause: hybridnas campaign resume {campaign.name}")
+        raise
     finally:
         executor.close()
     err.print(
@@ -123,17 +133,18 @@ def launch(
     no_export: bool = typer.Option(False, "--no-export", help="Do not export the winner."),
 ) -> None:
     """Validate FILE, create the campaign in the store, and run it to its budget."""
-    if executor is not None and executor not in ("ray", "inprocess"):
-        fail(f"--executor: {executor!r} is not allowed; allowed: ray, inprocess")
+    if executor is not None and executor not in EXECUTORS:
+        fail(f"--executor: {executor!r} is not allowed; allowed: {', '.join(EXECUTORS)}")
     campaign = _load(file, name=name)
-    st = Store.open(store)
+    st = _open_for_writing(store)
     try:
         known = {c.name for c in st.list_campaigns()}
         if campaign.name in known:
             fail(f"name: campaign {campaign.name!r} already exists in {st.url}; resume it with "
                  f"`hybridnas campaign resume {campaign.name}` or pick another name with --name")
+        ex = _executor(campaign, executor, workers, address)  # a bad option fails before the campaign is created
         campaign_id = st.create_campaign(campaign.name, campaign.config(), campaign.file.seed)
-        _run(st, campaign, campaign_id, executor, workers, address, None if no_export else export_dir)
+        _run(st, campaign, campaign_id, ex, None if no_export else export_dir)
     finally:
         st.close()
 
@@ -149,9 +160,9 @@ def resume(
     no_export: bool = typer.Option(False, "--no-export"),
 ) -> None:
     """Continue a stopped or interrupted campaign: recorded results are kept, unfinished ones run again."""
-    if executor is not None and executor not in ("ray", "inprocess"):
-        fail(f"--executor: {executor!r} is not allowed; allowed: ray, inprocess")
-    st = _open_existing(store)
+    if executor is not None and executor not in EXECUTORS:
+        fail(f"--executor: {executor!r} is not allowed; allowed: {', '.join(EXECUTORS)}")
+    st = open_store(store)
     try:
         try:
             info = st.get_campaign(name)
@@ -161,7 +172,7 @@ def resume(
             campaign = parse_campaign(info.config, f"(stored config of {info.name})")
         except CampaignFileError as e:
             fail(str(e))
-        _run(st, campaign, info.id, executor, workers, address, None if no_export else export_dir)
+        _run(st, campaign, info.id, _executor(campaign, executor, workers, address), None if no_export else export_dir)
     finally:
         st.close()
 
@@ -180,7 +191,7 @@ def validate(file: Path = typer.Argument(..., help="Campaign YAML file.")) -> No
 @campaign_app.command("list")
 def list_(store: Optional[str] = StoreOpt, fmt: str = FormatOpt) -> None:
     """All campaigns in the store."""
-    st = _open_existing(store)
+    st = open_store(store)
     try:
         campaign_list(st, fmt)
     finally:
@@ -194,7 +205,7 @@ def show(
     fmt: str = FormatOpt,
 ) -> None:
     """One campaign: its status, counts and configuration."""
-    st = _open_existing(store)
+    st = open_store(store)
     try:
         campaign_show(st, name, fmt)
     finally:
@@ -208,11 +219,11 @@ def export_command(
     name: Optional[str] = typer.Option(None, "--name", help="Module name (modeling_<name>.py)."),
 ) -> None:
     """Export a candidate as a standalone module: modeling_<name>.py, config.json, model.safetensors."""
-    st = _open_existing(store)
+    st = open_store(store)
     try:
         try:
             path = export_candidate(st, candidate_id, out_dir, name)
-        except LookupError as e:
+        except (LookupError, ValueError) as e:
             fail(str(e))
         out.print(f"exported candidate {candidate_id} to {path}")
     finally:

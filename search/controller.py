@@ -20,8 +20,10 @@ from hybridnas.space.cost import estimate_cost
 from hybridnas.store import Store
 from hybridnas.workers import EvalRequest, EvalResult, Executor
 
-#: How many times in a row the strategy may propose a known or forbidden design before the space counts as exhausted.
+#: How many designs in a row a constraint may reject before the campaign stops proposing.
 MAX_REJECTIONS = 200
+#: Cap on known designs proposed in a row; a replaying strategy (after resume) proposes many of them.
+MAX_DUPLICATES = 100_000
 
 
 @dataclass(frozen=True)
@@ -84,7 +86,8 @@ class Controller:
         self._specs: dict[int, ArchSpec] = {}
         self._labels: dict[int, str] = {}
         self._in_flight: dict[int, int] = {}  # evaluation id -> candidate id
-        self._hashes: set[str] = set()
+        self._hashes: set[str] = set()  # designs already in the campaign
+        self._rejected: set[str] = set()  # designs a constraint refused
         self.n_candidates = 0
         self.n_finished = 0
         self.n_failed = 0
@@ -110,8 +113,6 @@ class Controller:
         self.n_candidates = len(candidates)
         for e in finished:
             self._observe(e.candidate_id, e.status, e.metrics)
-        if hasattr(self.strategy, "n_proposed"):
-            self.strategy.n_proposed = self.n_candidates  # type: ignore[attr-defined]
         unfinished = [e for e in evaluations if e.status in ("queued", "running")]
         if evaluations:
             self.on_event(Event("resumed", detail=f"{len(finished)} recorded, {len(unfinished)} to re-run"))
@@ -137,12 +138,23 @@ class Controller:
         return None
 
     def _next_proposal(self) -> Proposal | None:
-        for _ in range(MAX_REJECTIONS):
+        """The next design that is new and within the constraints, or None when none seems left.
+
+        Known designs are skipped cheaply and counted apart from constraint rejections: after a
+        resume the strategy re-proposes many recorded designs, which says nothing about exhaustion.
+        """
+        rejections = duplicates = 0
+        limit = min(MAX_DUPLICATES, max(MAX_REJECTIONS, 4 * self.campaign.space.size()))
+        while rejections < MAX_REJECTIONS and duplicates < limit:
             (proposal,) = self.strategy.propose(1)
-            if proposal.spec.spec_hash in self._hashes:
+            h = proposal.spec.spec_hash
+            if h in self._hashes or h in self._rejected:
+                duplicates += 1
                 continue
             reason = self._violation(proposal.spec)
             if reason is not None:
+                rejections += 1
+                self._rejected.add(h)
                 self.n_rejected += 1
                 self.on_event(Event("rejected", label=proposal.spec.describe(), detail=reason))
                 continue

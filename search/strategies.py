@@ -67,7 +67,8 @@ class RandomSearch(Strategy):
 class RegularizedEvolution(Strategy):
     """Aging evolution (Real et al., 2019): tournament selection, mutation, optional crossover.
 
-    Until `population` candidates have been observed, proposals are random samples. Then each child
+    Until `population` candidates have been observed (failures do not count), proposals are random
+    samples. Then each child
     comes from the best of a random tournament (mutated), or, with `crossover_prob`, from crossing the
     winners of two tournaments. The oldest member dies when the population is full, which keeps the
     search from settling on a lucky early design. Failed candidates never enter the population.
@@ -88,7 +89,6 @@ class RegularizedEvolution(Strategy):
         self.tournament = tournament
         self.crossover_prob = crossover_prob
         self.population: deque[Observation] = deque()
-        self.n_proposed = 0
 
     def _select(self) -> Observation:
         k = min(self.tournament, len(self.population))
@@ -98,8 +98,7 @@ class RegularizedEvolution(Strategy):
     def propose(self, n: int) -> list[Proposal]:
         out = []
         for _ in range(n):
-            self.n_proposed += 1
-            if len(self.population) < min(self.population_size, 2) or self.n_proposed <= self.population_size:
+            if len(self.population) < self.population_size:
                 out.append(Proposal(self.space.sample(self.rng)))
                 continue
             a = self._select()

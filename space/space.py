@@ -11,6 +11,7 @@ applied, so lineage records *how* a child differs from its parent.
 
 from __future__ import annotations
 
+import itertools
 import random
 from dataclasses import dataclass, replace
 from typing import Any, Literal, Union
@@ -30,6 +31,7 @@ from hybridnas.space.spec import (
     ArchSpec,
     HybridGenes,
     LayerSpec,
+    SpecError,
 )
 
 Choice = Union[int, float, str, bool]
@@ -54,15 +56,30 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class HybridChoices(_Strict):
+class _OptionChoices(_Strict):
+    """Genes shared by both kinds of space: the output gate and the short conv on q/k/v."""
+
+    gate: list[str] = Field(default=["none"])
+    short_conv: list[bool] = Field(default=[False])
+
+    @field_validator("gate")
+    @classmethod
+    def _gate(cls, v: list[str]) -> list[str]:
+        return _choices("gate", v, GATES)
+
+    @field_validator("short_conv")
+    @classmethod
+    def _sc(cls, v: list[bool]) -> list[bool]:
+        return _choices("short_conv", v)
+
+
+class HybridChoices(_OptionChoices):
     """Hybrid-level genes: each a list of choices."""
 
     ratio: list[Union[int, Literal["all_linear"]]] = Field(default=[0, 1, 3, ALL_LINEAR])
     placement: list[str] = Field(default=["interleaved"])
     linear_mixer: list[str] = Field(default=["gated_deltanet"])
     full_mixer: list[str] = Field(default=["attention"])
-    gate: list[str] = Field(default=["none"])
-    short_conv: list[bool] = Field(default=[False])
 
     @field_validator("ratio")
     @classmethod
@@ -90,38 +107,18 @@ class HybridChoices(_Strict):
     def _full(cls, v: list[str]) -> list[str]:
         return _choices("full_mixer", v, FULL_MIXERS)
 
-    @field_validator("gate")
-    @classmethod
-    def _gate(cls, v: list[str]) -> list[str]:
-        return _choices("gate", v, GATES)
-
-    @field_validator("short_conv")
-    @classmethod
-    def _sc(cls, v: list[bool]) -> list[bool]:
-        return _choices("short_conv", v)
 
 
-class LayerChoices(_Strict):
+class LayerChoices(_OptionChoices):
     """Per-layer genes: every layer picks independently from these."""
 
     mixer: list[str] = Field(default=list(MIXERS))
-    gate: list[str] = Field(default=["none"])
-    short_conv: list[bool] = Field(default=[False])
 
     @field_validator("mixer")
     @classmethod
     def _mixer(cls, v: list[str]) -> list[str]:
         return _choices("mixer", v, MIXERS)
 
-    @field_validator("gate")
-    @classmethod
-    def _gate(cls, v: list[str]) -> list[str]:
-        return _choices("gate", v, GATES)
-
-    @field_validator("short_conv")
-    @classmethod
-    def _sc(cls, v: list[bool]) -> list[bool]:
-        return _choices("short_conv", v)
 
 
 class SpaceFile(_Strict):
@@ -211,7 +208,7 @@ class SpaceFile(_Strict):
                 mixer=LINEAR_MIXERS[0], conv_size=self.conv_size, window=self.window, feature_map=self.feature_map
             ),
         )
-        space.sample(random.Random(0))  # fail now, not mid-campaign, if a combination is invalid
+        space.check()  # fail now, not mid-campaign, if some combination of choices is invalid
         return space
 
 
@@ -229,6 +226,30 @@ class SearchSpace:
 
     def choices(self, gene: str) -> tuple[Any, ...]:
         return dict(self.genes)[gene]
+
+    def check(self, max_combinations: int = 20_000) -> None:
+        """Build one model per combination of model genes and mixer choice; ValueError naming the first invalid one."""
+        names = ("d_model", "n_layers", "n_heads", "mlp", "mlp_ratio", "norm", "expand_k")
+        if self.mode == "hybrid":
+            mixers = self.choices("hybrid.linear_mixer") + self.choices("hybrid.full_mixer")
+        else:
+            mixers = self.choices("layer.mixer")
+        for values in itertools.islice(itertools.product(*(self.choices(n) for n in names)), max_combinations):
+            v = dict(zip(names, values))
+            for mixer in mixers:
+                try:
+                    layer = replace(self.base_layer, mixer=mixer, n_heads=v["n_heads"], expand_k=v["expand_k"])
+                    ArchSpec(
+                        d_model=v["d_model"],
+                        layers=(layer,) * v["n_layers"],
+                        vocab_size=self.vocab_size,
+                        mlp=v["mlp"],
+                        mlp_ratio=v["mlp_ratio"],
+                        norm=v["norm"],
+                    )
+                except SpecError as e:
+                    combo = ", ".join(f"{k}={v[k]}" for k in ("d_model", "n_heads", "expand_k", "mlp_ratio"))
+                    raise ValueError(f"{e} (for mixer {mixer} with {combo})") from None
 
     @property
     def mutable_genes(self) -> tuple[str, ...]:

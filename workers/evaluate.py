@@ -120,6 +120,23 @@ def _build(spec: ArchSpec) -> nn.Module:
     return build_model(spec)
 
 
+#: Metric names every finished evaluation records (peak_memory_bytes only on CUDA devices).
+METRICS: tuple[str, ...] = (
+    "accuracy",
+    "loss",
+    "train_loss",
+    "steps",
+    "params",
+    "train_tokens_per_s",
+    "prefill_tokens_per_s",
+    "peak_memory_bytes",
+    "cost_params",
+    "cost_flops_per_token",
+    "cost_state_bytes",
+    "cost_context_len",
+)
+
+
 def _cost_metrics(spec: ArchSpec) -> dict[str, float]:
     from hybridnas.space.cost import estimate_cost
 

@@ -210,3 +210,25 @@ def test_kill_and_resume_loses_and_repeats_nothing(tmp_path: Path) -> None:
     finally:
         store.close()
     assert len(rows) == 6
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--executor", "inprocess", "--address", "ray://10.0.0.1:10001"], "--address"),
+        (["--executor", "slurm"], "--executor"),
+    ],
+)
+def test_bad_options_exit_2_and_no_campaign(tmp_path: Path, options, message) -> None:
+    url = f"sqlite:///{tmp_path / 'hnas.db'}"
+    r = cli("campaign", "launch", str(write(tmp_path)), "--store", url, *options)
+    assert r.exit_code == 2, r.output
+    assert message in r.output
+    if (tmp_path / "hnas.db").exists():
+        with Store.open(url) as store:
+            assert store.list_campaigns() == []
+
+
+def test_bad_store_url_exit_2(tmp_path: Path) -> None:
+    r = cli("campaign", "launch", str(write(tmp_path)), "--store", "nosuchdialect://x")
+    assert r.exit_code == 2 and "--store" in r.output

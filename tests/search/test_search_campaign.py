@@ -59,3 +59,18 @@ def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
     ok = tmp_path / "ok.yaml"
     ok.write_text(yaml.safe_dump({"name": "ok", "task": {"name": "mqar", "vocab_size": 64, "seq_len": 64, "num_kv_pairs": 4}}))
     assert load_campaign(ok).name == "ok"
+
+
+def test_objective_metric_must_be_recorded() -> None:
+    with pytest.raises(CampaignFileError) as info:
+        parse_campaign({"name": "x", "objective": {"metric": "accuraccy"},
+                        "task": {"name": "mqar", "vocab_size": 64, "seq_len": 64, "num_kv_pairs": 4}})
+    (line,) = info.value.problems
+    assert line.startswith("objective.metric") and "accuracy" in line
+
+
+def test_every_combination_of_model_genes_is_checked() -> None:
+    with pytest.raises(CampaignFileError) as info:
+        parse_campaign({"name": "x", "space": {"d_model": [4, 64]},
+                        "task": {"name": "mqar", "vocab_size": 64, "seq_len": 64, "num_kv_pairs": 4}})
+    assert "d_model" in info.value.problems[0]

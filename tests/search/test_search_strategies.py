@@ -84,3 +84,11 @@ def test_evolution_climbs_the_synthetic_landscape() -> None:
         evo_late += [synthetic_score(p.spec) for _, p in evo[40:]]
         rand_late += [synthetic_score(p.spec) for _, p in rnd[40:]]
     assert sum(evo_late) / len(evo_late) > sum(rand_late) / len(rand_late) + 0.3
+
+
+def test_evolution_samples_until_the_population_is_full() -> None:
+    evo = RegularizedEvolution(SPACE, seed=1, population=8)
+    history = drive(evo, 30, fail_every=3)  # failures do not fill the population
+    first_child = next(i for i, (_, p) in enumerate(history) if p.parents)
+    successes_before = sum(1 for cid, _ in history[:first_child] if cid % 3 != 0)
+    assert successes_before == 8
