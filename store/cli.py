@@ -207,7 +207,7 @@ def campaign_show(store: Store, name: str | None, fmt: str | OutputFormat = Outp
     _console().print(table)
     if info.best is not None:  # the objective metric has been recorded
         top = store.leaderboard(info.id, metric=info.metric, direction=info.direction, limit=5)
-        emit(top, fmt, title=f"top {len(top)} by {info.metric}")
+        emit(top, fmt, title=f"top {len(top)} by {info.metric}", table_columns=(*TABLE_KEYS[:6], info.metric, *TABLE_KEYS[6:]))
 
 
 def print_leaderboard(
