@@ -203,6 +203,28 @@ def _dot(a, b, DT: tl.constexpr):
         return tl.dot(a.to(DT), b.to(DT))
 
 
+@triton.jit
+def _chunk_rows(i_bh, i_t, T, H: tl.constexpr, BT: tl.constexpr):
+    """Token indices of chunk i_t for program i_bh = b * H + h: (base, o_bt, rows, m_t, tok) with
+    base the token row of (b, t=0, h) (int64), o_bt = 0..BT-1, rows the sequence positions of the
+    chunk, m_t = rows < T, tok the token rows base + rows * H."""
+    i_b = i_bh // H
+    i_h = i_bh % H
+    base = i_b.to(tl.int64) * T * H + i_h
+    o_bt = tl.arange(0, BT)
+    rows = i_t * BT + o_bt
+    m_t = rows < T
+    tok = base + rows * H
+    return base, o_bt, rows, m_t, tok
+
+
+@triton.jit
+def _block(i, BS: tl.constexpr, N: tl.constexpr):
+    """Offsets of block i of BS lanes over a dim of size N, and their in-range mask."""
+    o = i * BS + tl.arange(0, BS)
+    return o, o < N
+
+
 # --------------------------------------------------------------------------------------------------
 # chunk-local cumulative sum of the log decay
 
@@ -214,14 +236,10 @@ def chunk_local_cumsum_kernel(
 ):
     i_t = tl.program_id(0)
     i_bh = tl.program_id(1)
-    i_b = i_bh // H
-    i_h = i_bh % H
-    rows = i_t * BT + tl.arange(0, BT)
-    m_t = rows < T
-    tok = (i_b.to(tl.int64) * T + rows) * H + i_h  # [BT] token rows
+    base, o_bt, rows, m_t, tok = _chunk_rows(i_bh, i_t, T, H, BT)  # [BT] token rows in tok
     if PER_CHANNEL:
-        o_k = tl.arange(0, BK)
-        m = m_t[:, None] & (o_k < K)[None, :]
+        o_k, m_k = _block(0, BK, K)
+        m = m_t[:, None] & m_k[None, :]
         p = tok[:, None] * K + o_k[None, :]
         b_g = tl.load(G + p, mask=m, other=0.0).to(tl.float32)  # [BT, BK]
         tl.store(OUT + p, tl.cumsum(b_g, axis=0), mask=m)
@@ -261,13 +279,9 @@ def chunk_pair_fwd_kernel(
     i_bh = tl.program_id(1)
     i_t = i_tc // NC
     i_c = i_tc % NC
-    i_b = i_bh // H
-    i_h = i_bh % H
-    base = i_b.to(tl.int64) * T * H + i_h  # token row of (b, t=0, h)
-    t0 = i_t * BT
-    i0 = t0 + i_c * BC
-    o_k = tl.arange(0, BK)
-    m_k = o_k < K
+    base, o_bt, o_j, m_j, tok_j = _chunk_rows(i_bh, i_t, T, H, BT)  # o_j: [BT] columns of the chunk
+    i0 = i_t * BT + i_c * BC
+    o_k, m_k = _block(0, BK, K)
     o_c = tl.arange(0, BC)
     o_i = i0 + o_c  # [BC] rows of this sub-chunk
     m_i = o_i < T
@@ -276,10 +290,8 @@ def chunk_pair_fwd_kernel(
     b_q = tl.load(Q + p_i, mask=m_ik, other=0.0).to(tl.float32)  # [BC, BK]
     b_k = tl.load(Kp + p_i, mask=m_ik, other=0.0).to(tl.float32)  # [BC, BK]
     b_b = tl.load(GC + p_i, mask=m_ik, other=0.0)  # [BC, BK]
-    o_bt = tl.arange(0, BT)
-    o_j = t0 + o_bt  # [BT] columns of the chunk
-    m_jk = ((o_j < i0) & (o_j < T))[:, None] & m_k[None, :]  # columns before this sub-chunk
-    p_j = (base + o_j * H)[:, None] * K + o_k[None, :]
+    m_jk = ((o_j < i0) & m_j)[:, None] & m_k[None, :]  # columns before this sub-chunk
+    p_j = tok_j[:, None] * K + o_k[None, :]
     b_kj = tl.load(Kp + p_j, mask=m_jk, other=0.0).to(tl.float32)  # [BT, BK]
     b_bj = tl.load(GC + p_j, mask=m_jk, other=0.0)  # [BT, BK]
     r = tl.minimum(i0, T - 1)  # reference row (clamped so tail programs stay finite)
@@ -341,14 +353,9 @@ def chunk_fwd_h_kernel(
     in HS; for the delta rule also turns the WY pseudo-values U0 into U = U0 - W h."""
     i_v = tl.program_id(0)
     i_bh = tl.program_id(1)
-    i_b = i_bh // H
-    i_h = i_bh % H
     NT = tl.cdiv(T, BT)
-    base = i_b.to(tl.int64) * T * H + i_h
-    o_k = tl.arange(0, BK)
-    m_k = o_k < K
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_v = o_v < V
+    o_k, m_k = _block(0, BK, K)
+    o_v, m_v = _block(i_v, BV, V)
     m_kv = m_k[:, None] & m_v[None, :]
     p_kv = o_k[:, None] * V + o_v[None, :]  # [BK, BV] offsets inside one K x V state
     b_h = tl.zeros([BK, BV], dtype=tl.float32)
@@ -356,9 +363,7 @@ def chunk_fwd_h_kernel(
         b_h += tl.load(H0 + i_bh.to(tl.int64) * K * V + p_kv, mask=m_kv, other=0.0).to(tl.float32)
     for i_t in range(0, NT):
         tl.store(HS + (i_bh.to(tl.int64) * NT + i_t) * K * V + p_kv, b_h, mask=m_kv)
-        rows = i_t * BT + tl.arange(0, BT)
-        m_t = rows < T
-        tok = base + rows * H  # [BT]
+        base, o_bt, rows, m_t, tok = _chunk_rows(i_bh, i_t, T, H, BT)  # [BT]
         m_tk = m_t[:, None] & m_k[None, :]
         m_tv = m_t[:, None] & m_v[None, :]
         b_k = tl.load(Kp + tok[:, None] * K + o_k[None, :], mask=m_tk, other=0.0).to(tl.float32)
@@ -430,18 +435,10 @@ def chunk_fwd_o_kernel(
     i_v = tl.program_id(0)
     i_t = tl.program_id(1)
     i_bh = tl.program_id(2)
-    i_b = i_bh // H
-    i_h = i_bh % H
     NT = tl.cdiv(T, BT)
-    base = i_b.to(tl.int64) * T * H + i_h
-    o_bt = tl.arange(0, BT)
-    rows = i_t * BT + o_bt
-    m_t = rows < T
-    tok = base + rows * H
-    o_k = tl.arange(0, BK)
-    m_k = o_k < K
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_v = o_v < V
+    base, o_bt, rows, m_t, tok = _chunk_rows(i_bh, i_t, T, H, BT)
+    o_k, m_k = _block(0, BK, K)
+    o_v, m_v = _block(i_v, BV, V)
     m_tk = m_t[:, None] & m_k[None, :]
     m_tv = m_t[:, None] & m_v[None, :]
     b_q = tl.load(Q + tok[:, None] * K + o_k[None, :], mask=m_tk, other=0.0).to(tl.float32)
@@ -499,15 +496,9 @@ def chunk_bwd_dh_kernel(
     the recurrence needs it."""
     i_v = tl.program_id(0)
     i_bh = tl.program_id(1)
-    i_b = i_bh // H
-    i_h = i_bh % H
     NT = tl.cdiv(T, BT)
-    base = i_b.to(tl.int64) * T * H + i_h
-    o_bt = tl.arange(0, BT)
-    o_k = tl.arange(0, BK)
-    m_k = o_k < K
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_v = o_v < V
+    o_k, m_k = _block(0, BK, K)
+    o_v, m_v = _block(i_v, BV, V)
     m_kv = m_k[:, None] & m_v[None, :]
     p_kv = o_k[:, None] * V + o_v[None, :]
     b_dh = tl.zeros([BK, BV], dtype=tl.float32)
@@ -516,9 +507,7 @@ def chunk_bwd_dh_kernel(
     for i_r in range(0, NT):
         i_t = NT - 1 - i_r
         tl.store(DHS + (i_bh.to(tl.int64) * NT + i_t) * K * V + p_kv, b_dh, mask=m_kv)
-        rows = i_t * BT + o_bt
-        m_t = rows < T
-        tok = base + rows * H
+        base, o_bt, rows, m_t, tok = _chunk_rows(i_bh, i_t, T, H, BT)
         m_tk = m_t[:, None] & m_k[None, :]
         m_tv = m_t[:, None] & m_v[None, :]
         b_q = tl.load(Q + tok[:, None] * K + o_k[None, :], mask=m_tk, other=0.0).to(tl.float32)
@@ -601,18 +590,10 @@ def chunk_bwd_dv_kernel(
     i_v = tl.program_id(0)
     i_t = tl.program_id(1)
     i_bh = tl.program_id(2)
-    i_b = i_bh // H
-    i_h = i_bh % H
     NT = tl.cdiv(T, BT)
-    base = i_b.to(tl.int64) * T * H + i_h
-    o_bt = tl.arange(0, BT)
-    rows = i_t * BT + o_bt
-    m_t = rows < T
-    tok = base + rows * H
-    o_k = tl.arange(0, BK)
-    m_k = o_k < K
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_v = o_v < V
+    base, o_bt, rows, m_t, tok = _chunk_rows(i_bh, i_t, T, H, BT)
+    o_k, m_k = _block(0, BK, K)
+    o_v, m_v = _block(i_v, BV, V)
     m_tk = m_t[:, None] & m_k[None, :]
     m_tv = m_t[:, None] & m_v[None, :]
     b_k = tl.load(Kp + tok[:, None] * K + o_k[None, :], mask=m_tk, other=0.0).to(tl.float32)
@@ -677,19 +658,13 @@ def chunk_pair_bwd_kernel(
     i_k = tl.program_id(0)
     i_t = tl.program_id(1)
     i_bh = tl.program_id(2)
-    i_b = i_bh // H
-    i_h = i_bh % H
     NT = tl.cdiv(T, BT)
-    base = i_b.to(tl.int64) * T * H + i_h
+    base, o_bt, rows_all, m_all, tok_all = _chunk_rows(i_bh, i_t, T, H, BT)
     mat = i_bh.to(tl.int64) * T  # row of (bh, t=0) in the [B*H, T, BT] matrices
     t0 = i_t * BT
-    o_k = i_k * BK + tl.arange(0, BK)  # this program's slice of the key channels
-    m_k = o_k < K
+    o_k, m_k = _block(i_k, BK, K)  # this program's slice of the key channels
     o_c = tl.arange(0, BC)
-    o_bt = tl.arange(0, BT)
-    rows_all = t0 + o_bt
-    m_all = rows_all < T
-    p_all = (base + rows_all * H)[:, None] * K + o_k[None, :]
+    p_all = tok_all[:, None] * K + o_k[None, :]
     d_last = tl.load(DLAST + (i_bh.to(tl.int64) * NT + i_t) * K + o_k, mask=m_k, other=0.0)  # [BK]
     carry = tl.zeros([BK], dtype=tl.float32)  # sum of db over the later sub-chunks
     for ii in tl.static_range(NC):

@@ -28,6 +28,8 @@ from hybridnas.kernels.triton_common import (
     DECAY_HEAD,
     DECAY_NONE,
     ChunkConfig,
+    _block,
+    _chunk_rows,
     _dot,
     chunk_bwd_dh,
     chunk_fwd_h,
@@ -57,15 +59,8 @@ def delta_wy_kernel(
     """One chunk: M = (I + L)^{-1}, W = M (beta k e^b), U0 = M (beta v)."""
     i_t = tl.program_id(0)
     i_bh = tl.program_id(1)
-    i_b = i_bh // H
-    i_h = i_bh % H
-    base = i_b.to(tl.int64) * T * H + i_h
-    o_bt = tl.arange(0, BT)
-    rows = i_t * BT + o_bt
-    m_t = rows < T
-    tok = base + rows * H
-    o_k = tl.arange(0, BK)
-    m_k = o_k < K
+    base, o_bt, rows, m_t, tok = _chunk_rows(i_bh, i_t, T, H, BT)
+    o_k, m_k = _block(0, BK, K)
     m_tk = m_t[:, None] & m_k[None, :]
     p_tk = tok[:, None] * K + o_k[None, :]
     p_mat = (i_bh.to(tl.int64) * T + rows)[:, None] * BT + o_bt[None, :]
@@ -97,8 +92,8 @@ def delta_wy_kernel(
     tl.store(M + p_mat, b_m, mask=m_t[:, None])
     tl.store(W + p_tk, _dot(b_m, b_kb * b_beta[:, None], DT), mask=m_tk)
     for i_v in range(0, NV):
-        o_v = i_v * BV + tl.arange(0, BV)
-        m_tv = m_t[:, None] & (o_v < V)[None, :]
+        o_v, m_v = _block(i_v, BV, V)
+        m_tv = m_t[:, None] & m_v[None, :]
         p_tv = tok[:, None] * V + o_v[None, :]
         b_v = tl.load(Vp + p_tv, mask=m_tv, other=0.0).to(tl.float32)
         tl.store(U0 + p_tv, _dot(b_m, b_v * b_beta[:, None], DT), mask=m_tv)
@@ -118,16 +113,9 @@ def delta_bwd_dqk_kernel(
     i_k = tl.program_id(0)
     i_t = tl.program_id(1)
     i_bh = tl.program_id(2)
-    i_b = i_bh // H
-    i_h = i_bh % H
     NT = tl.cdiv(T, BT)
-    base = i_b.to(tl.int64) * T * H + i_h
-    o_bt = tl.arange(0, BT)
-    rows = i_t * BT + o_bt
-    m_t = rows < T
-    tok = base + rows * H
-    o_k = i_k * BK + tl.arange(0, BK)
-    m_k = o_k < K
+    base, o_bt, rows, m_t, tok = _chunk_rows(i_bh, i_t, T, H, BT)
+    o_k, m_k = _block(i_k, BK, K)
     m_tk = m_t[:, None] & m_k[None, :]
     p_tk = tok[:, None] * K + o_k[None, :]
     causal = (o_bt[:, None] >= o_bt[None, :]) & m_t[:, None]
@@ -139,8 +127,7 @@ def delta_bwd_dqk_kernel(
     b_hdh = tl.zeros([BK], dtype=tl.float32)  # sum_v h * dh_out
     p_state = (i_bh.to(tl.int64) * NT + i_t) * K * V
     for i_v in range(0, NV):
-        o_v = i_v * BV + tl.arange(0, BV)
-        m_v = o_v < V
+        o_v, m_v = _block(i_v, BV, V)
         m_tv = m_t[:, None] & m_v[None, :]
         m_kv = m_k[:, None] & m_v[None, :]
         p_tv = tok[:, None] * V + o_v[None, :]
@@ -206,13 +193,7 @@ def delta_bwd_wy_kernel(
     chunk_pair_bwd. Loops over value blocks and BK-wide key slices."""
     i_t = tl.program_id(0)
     i_bh = tl.program_id(1)
-    i_b = i_bh // H
-    i_h = i_bh % H
-    base = i_b.to(tl.int64) * T * H + i_h
-    o_bt = tl.arange(0, BT)
-    rows = i_t * BT + o_bt
-    m_t = rows < T
-    tok = base + rows * H
+    base, o_bt, rows, m_t, tok = _chunk_rows(i_bh, i_t, T, H, BT)
     p_mat = (i_bh.to(tl.int64) * T + rows)[:, None] * BT + o_bt[None, :]
     strict = (o_bt[:, None] > o_bt[None, :]) & m_t[:, None]
     b_beta = tl.load(BETA + tok, mask=m_t, other=0.0).to(tl.float32)  # [BT]
@@ -220,8 +201,8 @@ def delta_bwd_wy_kernel(
     b_dm = tl.zeros([BT, BT], dtype=tl.float32)  # gradient of M
     b_dbeta = tl.zeros([BT], dtype=tl.float32)
     for i_v in range(0, NV):
-        o_v = i_v * BV + tl.arange(0, BV)
-        m_tv = m_t[:, None] & (o_v < V)[None, :]
+        o_v, m_v = _block(i_v, BV, V)
+        m_tv = m_t[:, None] & m_v[None, :]
         p_tv = tok[:, None] * V + o_v[None, :]
         b_v = tl.load(Vp + p_tv, mask=m_tv, other=0.0).to(tl.float32)  # [BT, BV]
         b_du = tl.load(DU + p_tv, mask=m_tv, other=0.0)
@@ -233,8 +214,8 @@ def delta_bwd_wy_kernel(
         b_g = tl.load(GC + tok, mask=m_t, other=0.0)  # [BT]
     b_lraw = tl.zeros([BT, BT], dtype=tl.float32)  # k k^T (no / per-head decay)
     for i_k in range(0, NK):
-        o_k = i_k * BK + tl.arange(0, BK)
-        m_tk = m_t[:, None] & (o_k < K)[None, :]
+        o_k, m_k = _block(i_k, BK, K)
+        m_tk = m_t[:, None] & m_k[None, :]
         p_tk = tok[:, None] * K + o_k[None, :]
         b_k = tl.load(Kp + p_tk, mask=m_tk, other=0.0).to(tl.float32)  # [BT, BK]
         b_dw = tl.load(DW + p_tk, mask=m_tk, other=0.0)
@@ -265,8 +246,8 @@ def delta_bwd_wy_kernel(
         b_dl = b_dl * e_pair
     b_db = tl.zeros([BT], dtype=tl.float32)
     for i_k in range(0, NK):
-        o_k = i_k * BK + tl.arange(0, BK)
-        m_tk = m_t[:, None] & (o_k < K)[None, :]
+        o_k, m_k = _block(i_k, BK, K)
+        m_tk = m_t[:, None] & m_k[None, :]
         p_tk = tok[:, None] * K + o_k[None, :]
         b_k = tl.load(Kp + p_tk, mask=m_tk, other=0.0).to(tl.float32)
         b_dw = tl.load(DW + p_tk, mask=m_tk, other=0.0)
@@ -413,10 +394,8 @@ def delta_step_kernel(
     """One token for one (value block, batch*head): S' = alpha S; S = S' + beta k (v - S'^T k)^T."""
     i_v = tl.program_id(0)
     i_bh = tl.program_id(1).to(tl.int64)
-    o_k = tl.arange(0, BK)
-    m_k = o_k < K
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_v = o_v < V
+    o_k, m_k = _block(0, BK, K)
+    o_v, m_v = _block(i_v, BV, V)
     m_kv = m_k[:, None] & m_v[None, :]
     p_kv = i_bh * K * V + o_k[:, None] * V + o_v[None, :]
     b_s = tl.load(S + p_kv, mask=m_kv, other=0.0).to(tl.float32)  # [BK, BV]

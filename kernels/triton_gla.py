@@ -25,6 +25,8 @@ from hybridnas.kernels.triton_common import (
     MAX_K,
     MAX_V,
     ChunkConfig,
+    _block,
+    _chunk_rows,
     _dot,
     check_device,
     chunk_bwd_dh,
@@ -61,16 +63,9 @@ def gla_bwd_kernel(
     i_k = tl.program_id(0)
     i_t = tl.program_id(1)
     i_bh = tl.program_id(2)
-    i_b = i_bh // H
-    i_h = i_bh % H
     NT = tl.cdiv(T, BT)
-    base = i_b.to(tl.int64) * T * H + i_h
-    o_bt = tl.arange(0, BT)
-    rows = i_t * BT + o_bt
-    m_t = rows < T
-    tok = base + rows * H
-    o_k = i_k * BK + tl.arange(0, BK)
-    m_k = o_k < K
+    base, o_bt, rows, m_t, tok = _chunk_rows(i_bh, i_t, T, H, BT)
+    o_k, m_k = _block(i_k, BK, K)
     m_tk = m_t[:, None] & m_k[None, :]
     p_tk = tok[:, None] * K + o_k[None, :]
     causal = (o_bt[:, None] >= o_bt[None, :]) & m_t[:, None]
@@ -81,8 +76,7 @@ def gla_bwd_kernel(
     b_hdh = tl.zeros([BK], dtype=tl.float32)  # sum_v h * dh_out (gradient of exp(b_last))
     p_state = (i_bh.to(tl.int64) * NT + i_t) * K * V
     for i_v in range(0, NV):
-        o_v = i_v * BV + tl.arange(0, BV)
-        m_v = o_v < V
+        o_v, m_v = _block(i_v, BV, V)
         m_tv = m_t[:, None] & m_v[None, :]
         m_kv = m_k[:, None] & m_v[None, :]
         p_tv = tok[:, None] * V + o_v[None, :]
@@ -231,10 +225,8 @@ def gla_step_kernel(
     """One token for one (value block, batch*head): S = alpha S + k v^T ; o = scale S^T q."""
     i_v = tl.program_id(0)
     i_bh = tl.program_id(1).to(tl.int64)
-    o_k = tl.arange(0, BK)
-    m_k = o_k < K
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_v = o_v < V
+    o_k, m_k = _block(0, BK, K)
+    o_v, m_v = _block(i_v, BV, V)
     m_kv = m_k[:, None] & m_v[None, :]
     p_kv = i_bh * K * V + o_k[:, None] * V + o_v[None, :]
     b_s = tl.load(S + p_kv, mask=m_kv, other=0.0).to(tl.float32)  # [BK, BV]
