@@ -62,7 +62,7 @@ def available_backends(device: torch.device | str) -> tuple[str, ...]:
     return names
 
 
-#: What the Triton kernels accept; "auto" sends anything else to the chunk path.
+#: What the Triton kernels accept (they import these); "auto" sends anything else to the chunk path.
 TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 TRITON_MAX_K = 128
 TRITON_MAX_V = 256

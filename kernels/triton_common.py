@@ -28,6 +28,9 @@ import torch
 import triton
 import triton.language as tl
 
+# The dispatcher owns the input contract and the limits "auto" routes by; it never imports triton.
+from hybridnas.kernels.dispatch import TRITON_DTYPES, TRITON_MAX_K, TRITON_MAX_V, check_recurrence_inputs
+
 __all__ = [
     "CHUNK",
     "SUBCHUNK",
@@ -54,8 +57,8 @@ __all__ = [
 
 CHUNK = 64  # tokens per chunk (BT): the intra-chunk attention block is BT x BT
 SUBCHUNK = 16  # rows per sub-chunk (BC) for per-channel decays; tl.dot needs >= 16 per dim
-MAX_K = 128  # key dim limit: several kernels hold all of K in one block
-MAX_V = 256  # value dim limit: V is always blocked; larger is untested
+# Key dim limit: several kernels hold all of K in one block. V is always blocked; larger is untested.
+MAX_K, MAX_V = TRITON_MAX_K, TRITON_MAX_V
 
 DECAY_NONE = 0  # no decay (alpha = 1)
 DECAY_HEAD = 1  # scalar log decay per head, g [B, T, H]
@@ -65,7 +68,7 @@ DECAY_CHANNEL = 2  # log decay per key channel, gk [B, T, H, K]
 # that an element a kernel fails to write shows up in the results (the tests turn it on).
 NAN_FILL = os.environ.get("HYBRIDNAS_TRITON_NAN_FILL", "0") == "1"
 
-SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+SUPPORTED_DTYPES = TRITON_DTYPES
 _DOT_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
 
 
@@ -144,30 +147,16 @@ def make_config(
     initial_state: torch.Tensor | None,
 ) -> ChunkConfig:
     """Validate chunk-form inputs and derive the launch configuration."""
-    if q.dim() != 4 or k.shape != q.shape:
-        raise ValueError(f"q and k must both be [B, T, H, K]; got q {tuple(q.shape)}, k {tuple(k.shape)}")
+    # The shape contract is the dispatcher's; only the Triton kernels' own limits are checked here.
+    check_recurrence_inputs(q, k, v, beta, g, gk, initial_state)
     B, T, H, K = q.shape
-    if v.dim() != 4 or v.shape[:3] != (B, T, H):
-        raise ValueError(f"v must be [B, T, H, V] = [{B}, {T}, {H}, V]; got {tuple(v.shape)}")
     V = v.shape[-1]
-    if T < 1:
-        raise ValueError(f"sequence length T must be >= 1; got {T}")
     if not (1 <= K <= MAX_K and 1 <= V <= MAX_V):
         raise ValueError(f"head dims K={K}, V={V}: the triton backend supports K in [1, {MAX_K}], V in [1, {MAX_V}]")
     for name, t in (("q", q), ("k", k), ("v", v)):
         if t.dtype not in SUPPORTED_DTYPES:
             raise TypeError(f"{name}.dtype {t.dtype}: the triton backend supports float32, float16, bfloat16")
     mode, _ = decay_mode(g, gk)
-    if g is not None and g.shape != (B, T, H):
-        raise ValueError(f"g must be [B, T, H] = [{B}, {T}, {H}]; got {tuple(g.shape)}")
-    if gk is not None and gk.shape != (B, T, H, K):
-        raise ValueError(f"gk must be [B, T, H, K] = [{B}, {T}, {H}, {K}]; got {tuple(gk.shape)}")
-    if beta is not None and beta.shape != (B, T, H):
-        raise ValueError(f"beta must be [B, T, H] = [{B}, {T}, {H}]; got {tuple(beta.shape)}")
-    if initial_state is not None and initial_state.shape != (B, H, K, V):
-        raise ValueError(
-            f"initial_state must be [B, H, K, V] = [{B}, {H}, {K}, {V}]; got {tuple(initial_state.shape)}"
-        )
     check_device(q, k, v, g, gk, beta, initial_state)
     BK = max(16, triton.next_power_of_2(K))
     BV = min(32, max(16, triton.next_power_of_2(V)))
