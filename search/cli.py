@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -15,14 +14,20 @@ from hybridnas.search.controller import Controller, Event, RunSummary
 from hybridnas.workers import EXECUTORS, Executor, make_executor
 from hybridnas.search.export import export_candidate
 from hybridnas.store import Store, StoreError
-from hybridnas.store.cli import campaign_list, campaign_show, open_store, print_leaderboard
+from hybridnas.store.cli import (
+    FormatOption,
+    OutputFormat,
+    StoreOption,
+    campaign_list,
+    campaign_show,
+    open_store,
+    print_leaderboard,
+)
 
 campaign_app = typer.Typer(help="Launch, resume and inspect search campaigns.", no_args_is_help=True)
 err = Console(stderr=True)
 out = Console()
 
-StoreOpt = typer.Option(None, "--store", envvar="HYBRIDNAS_STORE", help="SQLAlchemy URL or SQLite file (default sqlite:///hybridnas.db).")
-FormatOpt = typer.Option("table", "--format", help="table | json | csv")
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -124,7 +129,7 @@ def _run(store: Store, campaign: Campaign, campaign_id: int, executor: Executor,
 @campaign_app.command("launch")
 def launch(
     file: Path = typer.Argument(..., help="Campaign YAML file."),
-    store: Optional[str] = StoreOpt,
+    store: StoreOption = None,
     name: Optional[str] = typer.Option(None, "--name", help="Override the campaign name from the file."),
     executor: Optional[str] = typer.Option(None, "--executor", help="ray | inprocess (overrides the file)."),
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Evaluations in flight (overrides the file)."),
@@ -152,7 +157,7 @@ def launch(
 @campaign_app.command("resume")
 def resume(
     name: Optional[str] = typer.Argument(None, help="Campaign name (default: the most recent)."),
-    store: Optional[str] = StoreOpt,
+    store: StoreOption = None,
     executor: Optional[str] = typer.Option(None, "--executor", help="ray | inprocess"),
     workers: Optional[int] = typer.Option(None, "--workers", min=1),
     address: Optional[str] = typer.Option(None, "--address"),
@@ -189,7 +194,7 @@ def validate(file: Path = typer.Argument(..., help="Campaign YAML file.")) -> No
 
 
 @campaign_app.command("list")
-def list_(store: Optional[str] = StoreOpt, fmt: str = FormatOpt) -> None:
+def list_(store: StoreOption = None, fmt: FormatOption = OutputFormat.table) -> None:
     """All campaigns in the store."""
     st = open_store(store)
     try:
@@ -201,8 +206,8 @@ def list_(store: Optional[str] = StoreOpt, fmt: str = FormatOpt) -> None:
 @campaign_app.command("show")
 def show(
     name: Optional[str] = typer.Argument(None, help="Campaign name (default: the most recent)."),
-    store: Optional[str] = StoreOpt,
-    fmt: str = FormatOpt,
+    store: StoreOption = None,
+    fmt: FormatOption = OutputFormat.table,
 ) -> None:
     """One campaign: its status, counts and configuration."""
     st = open_store(store)
@@ -215,7 +220,7 @@ def show(
 def export_command(
     candidate_id: int = typer.Argument(..., help="Candidate id (see `hybridnas query leaderboard`)."),
     out_dir: Path = typer.Option(..., "--out", help="Folder to write the export into."),
-    store: Optional[str] = StoreOpt,
+    store: StoreOption = None,
     name: Optional[str] = typer.Option(None, "--name", help="Module name (modeling_<name>.py)."),
 ) -> None:
     """Export a candidate as a standalone module: modeling_<name>.py, config.json, model.safetensors."""
