@@ -23,6 +23,7 @@ class Proposal:
     spec: ArchSpec
     parents: tuple[int, ...] = ()  # candidate ids of the parents (empty for a fresh sample)
     operator: str = "sample"  # how the child differs from its parents
+    token: Any = field(default=None, compare=False)  # strategy-private handle (e.g. an Optuna trial number)
 
 
 @dataclass(frozen=True)
@@ -31,25 +32,51 @@ class Observation:
 
     candidate_id: int
     spec: ArchSpec
-    score: float | None  # the objective, oriented so that larger is better; None when the evaluation failed
+    score: float | None  # the primary objective, oriented so that larger is better; None when failed or infeasible
     metrics: dict[str, Any] = field(default_factory=dict)
+    values: tuple[float, ...] = ()  # every objective's raw value, in campaign order; () when failed
+    feasible: bool = True  # False when a measured metric breaks a constraint bound
 
 
 class Strategy(ABC):
-    """propose(n) -> designs to try; observe(o) -> learn from a finished evaluation."""
+    """propose(n) -> designs to try; observe(o) -> learn from a finished evaluation.
+
+    The controller's side of the contract, in order:
+      reseed(index, attempt)  before every propose(1), so the randomness of the proposal for the
+                              index-th candidate is a function of (seed, index, attempt) and a resumed
+                              campaign proposes what an uninterrupted one would have;
+      propose(1)              a design;
+      accepted(p, cid)        the proposal became candidate `cid`, or
+      discard(p, reason, known)  it was refused ("duplicate" or "constraint: ..."); `known` is the
+                              observation of the existing candidate for a finished duplicate;
+      observe(o)              each finished base-fidelity evaluation, in the order results were
+                              recorded (on resume, every recorded one is replayed first).
+    `directions` holds "maximize"/"minimize" per objective; `Observation.values` follows it.
+    """
 
     name: str = "base"
 
-    def __init__(self, space: SearchSpace, seed: int) -> None:
+    def __init__(self, space: SearchSpace, seed: int, directions: tuple[str, ...] = ("maximize",)) -> None:
         self.space = space
         self.seed = seed
+        self.directions = tuple(directions)
         self.rng = random.Random(seed)
+
+    def reseed(self, index: int, attempt: int = 0) -> None:
+        """Make the next proposal's randomness a function of (seed, index, attempt) only."""
+        self.rng.seed(f"{self.seed}:{index}:{attempt}")
 
     @abstractmethod
     def propose(self, n: int) -> list[Proposal]: ...
 
     @abstractmethod
     def observe(self, observation: Observation) -> None: ...
+
+    def accepted(self, proposal: Proposal, candidate_id: int) -> None:
+        """The proposal became a candidate (most strategies need not care)."""
+
+    def discard(self, proposal: Proposal, reason: str, known: Observation | None = None) -> None:
+        """The controller refused the proposal (most strategies need not care)."""
 
 
 class RandomSearch(Strategy):
@@ -83,8 +110,9 @@ class RegularizedEvolution(Strategy):
         population: int = 8,
         tournament: int = 3,
         crossover_prob: float = 0.2,
+        directions: tuple[str, ...] = ("maximize",),
     ) -> None:
-        super().__init__(space, seed)
+        super().__init__(space, seed, directions)
         self.population_size = population
         self.tournament = tournament
         self.crossover_prob = crossover_prob
@@ -128,16 +156,24 @@ class RegularizedEvolution(Strategy):
 STRATEGIES: dict[str, type[Strategy]] = {"random": RandomSearch, "evolution": RegularizedEvolution}
 
 
-def make_strategy(name: str, space: SearchSpace, seed: int, **settings: Any) -> Strategy:
-    """Build a strategy by name; `settings` are the campaign's search section minus strategy/budget."""
+def make_strategy(
+    name: str,
+    space: SearchSpace,
+    seed: int,
+    directions: tuple[str, ...] = ("maximize",),
+    **settings: Any,
+) -> Strategy:
+    """Build a strategy by name; `settings` are the campaign's search section minus strategy/budget
+    (each strategy takes the ones it knows and ignores the rest)."""
     if name not in STRATEGIES:
         raise ValueError(f"search.strategy: {name!r} is not allowed; allowed: {', '.join(STRATEGIES)}")
     if name == "random":
-        return RandomSearch(space, seed)
+        return RandomSearch(space, seed, directions)
     return RegularizedEvolution(
         space,
         seed,
         population=settings.get("population", 8),
         tournament=settings.get("tournament", 3),
         crossover_prob=settings.get("crossover_prob", 0.2),
+        directions=directions,
     )

@@ -372,6 +372,40 @@ class SearchSpace:
         except ValueError:
             return a, "crossover"
 
+    def designs(self, limit: int = 100_000) -> list[ArchSpec]:
+        """Every distinct network in the space, in a fixed order (gene order, then choice order).
+
+        Gene combinations that build the same network (e.g. placements of an all-linear stack) count
+        once. ValueError when the space has more than `limit` combinations.
+        """
+        if self.size() > limit:
+            raise ValueError(f"space has {self.size()} gene combinations, more than limit={limit}")
+        model = [(name, choices) for name, choices in self.genes if not name.startswith("layer.")]
+        per_layer = (
+            [dict(zip(("mixer", "gate", "short_conv"), combo))
+             for combo in itertools.product(*(self.choices(f"layer.{k}") for k in ("mixer", "gate", "short_conv")))]
+            if self.mode == "layers"
+            else []
+        )
+        seen: set[str] = set()
+        out: list[ArchSpec] = []
+        for combo in itertools.product(*(choices for _, choices in model)):
+            values = dict(zip((name for name, _ in model), combo))
+            stacks = (
+                [list(s) for s in itertools.product(per_layer, repeat=values["n_layers"])]
+                if self.mode == "layers"
+                else [None]
+            )
+            for lg in stacks:
+                try:
+                    spec = self._build(values, lg)
+                except ValueError:
+                    continue
+                if spec.spec_hash not in seen:
+                    seen.add(spec.spec_hash)
+                    out.append(spec)
+        return out
+
     def size(self) -> int:
         """Number of gene combinations (an upper bound on distinct networks)."""
         n = 1
