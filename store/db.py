@@ -17,6 +17,7 @@ import numbers
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +30,18 @@ from sqlalchemy.pool import StaticPool
 from hybridnas.space.spec import ArchSpec
 from hybridnas.store import artifacts as blobs
 from hybridnas.store import queries
+from hybridnas.store.migrations import migrate
 from hybridnas.store.models import (
     CAMPAIGN_STATUSES,
+    EVALUATION_ORIGINS,
+    EVALUATION_STATUSES,
     FINISHED_STATUSES,
     SCHEMA_VERSION,
     Artifact,
     ArtifactInfo,
     Base,
     Campaign,
+    CampaignBusy,
     CampaignExists,
     CampaignInfo,
     CampaignNotFound,
@@ -146,7 +151,7 @@ def _schema_version(conn: Any) -> int | None:
 
 
 def check_schema(engine: Engine, write_engine: Engine, url_text: str, create: bool) -> None:
-    """Refuse newer schemas; create the tables if absent (only then is anything written)."""
+    """Refuse newer schemas, migrate older ones (store/migrations.py), create the tables if absent."""
 
     def check(version: int | None) -> bool:
         if version is None:
@@ -156,13 +161,14 @@ def check_schema(engine: Engine, write_engine: Engine, url_text: str, create: bo
                 f"store {url_text} has schema version {version}, newer than this hybridnas supports "
                 f"({SCHEMA_VERSION}); upgrade hybridnas to open it"
             )
-        if version < SCHEMA_VERSION:  # no older layout exists yet; a migration goes here when one does
-            raise SchemaVersionError(f"store {url_text} has schema version {version}, expected {SCHEMA_VERSION}; no migration known")
         return True
 
     with engine.connect() as conn:
-        if check(_schema_version(conn)):
-            return
+        version = _schema_version(conn)
+    if check(version):
+        if version is not None and version < SCHEMA_VERSION:  # an older layout: upgrade it in place, once
+            migrate(write_engine, version, SCHEMA_VERSION, url_text)
+        return
     if not create:
         raise StoreNotFound(f"no hybridnas store at {url_text}")
     with write_engine.begin() as conn:
@@ -172,6 +178,10 @@ def check_schema(engine: Engine, write_engine: Engine, url_text: str, create: bo
             return
         Base.metadata.create_all(conn)
         conn.execute(Meta.__table__.insert(), [{"key": "schema_version", "value": str(SCHEMA_VERSION)}])
+
+
+def _lease_live(row: Campaign, now: Any) -> bool:
+    return row.lease_owner is not None and row.lease_expires_at is not None and row.lease_expires_at > now
 
 
 # --- input checks ----------------------------------------------------------------------------------
@@ -378,15 +388,9 @@ class Store:
         for cid, status, n in s.execute(q):
             counts[(cid, status)] = n
         infos = []
+        now = utcnow()
         for r in rows:
-            objective = r.config.get("objective") if isinstance(r.config, dict) else None
-            metric, direction = "accuracy", "maximize"
-            if isinstance(objective, dict):
-                metric = str(objective.get("metric", metric))
-                try:
-                    direction = queries.normalize_direction(objective.get("direction", direction))
-                except ValueError:
-                    pass
+            metric, direction = queries.primary_objective(r.config)
             best = None
             if counts.get((r.id, "done")):
                 try:
@@ -394,7 +398,7 @@ class Store:
                 except ValueError:  # the objective metric was never recorded: no best yet
                     top = []
                 best = top[0] if top and queries.is_number(top[0].get(metric)) else None
-            n = {st: counts.get((r.id, st), 0) for st in ("queued", "running", "done", "failed")}
+            n = {st: counts.get((r.id, st), 0) for st in EVALUATION_STATUSES}
             infos.append(
                 CampaignInfo(
                     id=r.id,
@@ -411,6 +415,9 @@ class Store:
                     n_running=n["running"],
                     n_done=n["done"],
                     n_failed=n["failed"],
+                    n_invalid=n["invalid"],
+                    stop_requested=bool(r.stop_requested),
+                    lease_owner=r.lease_owner if _lease_live(r, now) else None,
                     metric=metric,
                     direction=direction,
                     best=best,
@@ -433,7 +440,101 @@ class Store:
             elif status == "running":
                 row.finished_at = None
 
+    # -- liveness: one controller per campaign, and a way to ask it to stop --------------------------
+    def acquire_lease(self, campaign_id: int, owner: str, ttl_s: float, *, force: bool = False) -> None:
+        """Take the campaign for controller `owner` until now + ttl_s; CampaignBusy if another owner's
+        lease is still live (unless `force`). A dead controller's lease simply expires."""
+        _check_text(owner, "owner", 255)
+        now = utcnow()
+        with self._write() as s:
+            row = s.get(Campaign, campaign_id, with_for_update=True)
+            if row is None:
+                raise self._campaign_not_found(s, f"id {campaign_id}")
+            if not force and row.lease_owner not in (None, owner) and _lease_live(row, now):
+                raise CampaignBusy(
+                    f"campaign {row.name!r} is being run by controller {row.lease_owner} (lease until "
+                    f"{row.lease_expires_at.isoformat(timespec='seconds')}); stop it first, or wait for the lease to expire",
+                    owner=row.lease_owner or "",
+                )
+            row.lease_owner = owner
+            row.lease_expires_at = now + timedelta(seconds=ttl_s)
+
+    def renew_lease(self, campaign_id: int, owner: str, ttl_s: float) -> bool:
+        """The heartbeat: extend `owner`'s lease. False (and nothing written) if the lease was taken over."""
+        now = utcnow()
+        with self._write() as s:
+            row = s.get(Campaign, campaign_id, with_for_update=True)
+            if row is None or row.lease_owner != owner:
+                return False
+            row.lease_expires_at = now + timedelta(seconds=ttl_s)
+            return True
+
+    def release_lease(self, campaign_id: int, owner: str) -> None:
+        with self._write() as s:
+            row = s.get(Campaign, campaign_id, with_for_update=True)
+            if row is not None and row.lease_owner == owner:
+                row.lease_owner = None
+                row.lease_expires_at = None
+
+    def request_stop(self, campaign_id: int) -> None:
+        """Ask the campaign's controller to end cleanly (it polls the flag); resume clears it."""
+        with self._write() as s:
+            row = s.get(Campaign, campaign_id, with_for_update=True)
+            if row is None:
+                raise self._campaign_not_found(s, f"id {campaign_id}")
+            row.stop_requested = True
+            row.updated_at = utcnow()
+
+    def clear_stop(self, campaign_id: int) -> None:
+        with self._write() as s:
+            row = s.get(Campaign, campaign_id, with_for_update=True)
+            if row is not None:
+                row.stop_requested = False
+
+    def stop_requested(self, campaign_id: int) -> bool:
+        with self._read() as s:
+            return bool(s.scalar(select(Campaign.stop_requested).where(Campaign.id == campaign_id)))
+
     # -- candidates and evaluations --------------------------------------------------------------
+    def add_evaluation(self, candidate_id: int, *, task: str, fidelity: int, seed: int, origin: str) -> int:
+        """Queue another evaluation of an existing candidate (a promotion or an extra seed).
+
+        DuplicateEvaluation, with nothing written, if that (task, fidelity, seed) exists already.
+        """
+        _check_text(task, "task", 128)
+        fidelity = _check_int(fidelity, "fidelity", 0)
+        seed = _check_int(seed, "seed")
+        _check_choice(origin, "origin", EVALUATION_ORIGINS)
+        now = utcnow()
+        with self._write() as s:
+            cand = s.get(Candidate, candidate_id)
+            if cand is None:
+                raise CandidateNotFound(f"candidate id {candidate_id} not found")
+            dup = s.scalar(
+                select(Evaluation.id).where(
+                    Evaluation.candidate_id == candidate_id, Evaluation.task == task, Evaluation.fidelity == fidelity, Evaluation.seed == seed
+                )
+            )
+            if dup is not None:
+                raise DuplicateEvaluation(
+                    f"candidate {candidate_id} already has evaluation {dup} for task={task!r} fidelity={fidelity} seed={seed}",
+                    candidate_id=candidate_id,
+                    evaluation_id=dup,
+                )
+            ev = Evaluation(candidate_id=candidate_id, task=task, fidelity=fidelity, seed=seed, status="queued", created_at=now, origin=origin)
+            s.add(ev)
+            s.execute(update(Campaign).where(Campaign.id == cand.campaign_id).values(updated_at=now))
+            s.flush()
+            return ev.id
+
+    def requeue(self, evaluation_id: int) -> None:
+        """running -> queued: a stopped controller hands an unfinished evaluation back for `resume`."""
+        with self._write() as s:
+            ev = self._evaluation_for_update(s, evaluation_id)
+            if ev.status == "running":
+                ev.status = "queued"
+                ev.started_at = None
+
     def add_candidate(
         self,
         campaign_id: int,
@@ -635,6 +736,7 @@ class Store:
                     created_at=ev.created_at,
                     started_at=ev.started_at,
                     finished_at=ev.finished_at,
+                    origin=ev.origin or "search",
                 )
             )
         return out
@@ -751,6 +853,16 @@ class Store:
         with self._read() as s:
             self._require_campaign(s, campaign_id)
             return queries.pareto(s, campaign_id, objectives, task=task)
+
+    def winner(self, campaign_id: int, metric: str = "accuracy", direction: str = "maximize") -> dict[str, Any]:
+        """The noise-aware verdict on the leaderboard's top two (see `queries.winner`)."""
+        with self._read() as s:
+            self._require_campaign(s, campaign_id)
+            try:
+                rows = queries.leaderboard(s, campaign_id, metric=metric, direction=direction, limit=2)
+            except ValueError:  # metric never recorded
+                rows = []
+            return queries.winner(rows, metric, direction)
 
     def lineage(self, candidate_id: int) -> list[LineageEdge]:
         with self._read() as s:

@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     Float,
@@ -25,6 +26,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -33,12 +35,15 @@ from sqlalchemy.types import TypeDecorator
 from hybridnas.space.spec import ArchSpec
 
 #: Version of the table layout; a database with a newer one is refused (see `db.check_schema`).
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 CAMPAIGN_STATUSES: tuple[str, ...] = ("running", "stopped", "finished", "failed")
-EVALUATION_STATUSES: tuple[str, ...] = ("queued", "running", "done", "failed")
+#: invalid: the candidate failed the causality/equivalence checks and was never trained.
+EVALUATION_STATUSES: tuple[str, ...] = ("queued", "running", "done", "failed", "invalid")
 #: Statuses an evaluation can finish with.
-FINISHED_STATUSES: tuple[str, ...] = ("done", "failed")
+FINISHED_STATUSES: tuple[str, ...] = ("done", "failed", "invalid")
+#: Why an evaluation exists: a new design, a promotion to a higher fidelity, or an extra seed.
+EVALUATION_ORIGINS: tuple[str, ...] = ("search", "promotion", "reseed")
 
 
 def utcnow() -> datetime:
@@ -108,6 +113,9 @@ class Campaign(Base):
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]  # last write that touched this campaign
     finished_at: Mapped[datetime | None]  # set when status becomes finished or failed
+    stop_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())  # `campaign stop` asks the controller to end
+    lease_owner: Mapped[str | None] = mapped_column(String(255))  # the live controller (host:pid:token), if any
+    lease_expires_at: Mapped[datetime | None]  # the owner's lease ends here unless its heartbeat renews it
 
     __table_args__ = (
         CheckConstraint(_in("status", CAMPAIGN_STATUSES), name="status"),
@@ -162,10 +170,12 @@ class Evaluation(Base):
     created_at: Mapped[datetime]
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    origin: Mapped[str] = mapped_column(String(16), default="search", server_default="search")  # one of EVALUATION_ORIGINS
 
     __table_args__ = (
         UniqueConstraint("candidate_id", "task", "fidelity", "seed"),
         CheckConstraint(_in("status", EVALUATION_STATUSES), name="status"),
+        CheckConstraint(_in("origin", EVALUATION_ORIGINS), name="origin"),
         Index(None, "status"),
     )
 
@@ -215,7 +225,7 @@ class EvaluationInfo:
     task: str
     fidelity: int  # training steps
     seed: int
-    status: str  # queued | running | done | failed
+    status: str  # queued | running | done | failed | invalid
     metrics: dict[str, Any]  # {} until finished
     error: str | None
     host: str | None
@@ -224,6 +234,7 @@ class EvaluationInfo:
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    origin: str = "search"  # search | promotion | reseed
 
     def to_dict(self) -> dict[str, Any]:
         return _jsonable({f: getattr(self, f) for f in self.__dataclass_fields__})
@@ -281,6 +292,9 @@ class CampaignInfo:
     n_running: int = 0
     n_done: int = 0
     n_failed: int = 0
+    n_invalid: int = 0
+    stop_requested: bool = False
+    lease_owner: str | None = None  # the controller holding the campaign, while its lease is live
     metric: str = "accuracy"  # the campaign's objective (config["objective"]), used for `best`
     direction: str = "maximize"
     best: dict[str, Any] | None = field(default=None)  # top leaderboard row by that objective, if any
@@ -345,3 +359,11 @@ class DuplicateEvaluation(StoreError):
 
 class EvaluationAlreadyFinished(StoreError):
     """The evaluation is done or failed already, with a different result than the one given."""
+
+
+class CampaignBusy(StoreError):
+    """Another controller holds the campaign's lease (it is running somewhere)."""
+
+    def __init__(self, message: str, owner: str) -> None:
+        super().__init__(message)
+        self.owner = owner  # host:pid:token of the live controller

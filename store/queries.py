@@ -67,6 +67,33 @@ def _mean_metrics(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _std_metrics(runs: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """Sample standard deviation over seeds of each numeric metric with two or more values."""
+    out: dict[str, float] = {}
+    keys = {k for r in runs for k in r}
+    for k in keys:
+        numbers = [r[k] for r in runs if is_number(r.get(k))]
+        if len(numbers) >= 2:
+            out[k] = statistics.stdev(numbers)
+    return out
+
+
+def primary_objective(config: Any) -> tuple[str, str]:
+    """(metric, direction) of a campaign's first objective, read from its stored config."""
+    metric, direction = "accuracy", "maximize"
+    if not isinstance(config, Mapping):
+        return metric, direction
+    objectives = config.get("objectives")
+    first = objectives[0] if isinstance(objectives, list) and objectives else config.get("objective")
+    if isinstance(first, Mapping):
+        metric = str(first.get("metric", metric))
+        try:
+            direction = normalize_direction(first.get("direction", direction))
+        except ValueError:
+            pass
+    return metric, direction
+
+
 def _require_campaign(session: Session, campaign_id: int) -> None:
     if session.get(Campaign, campaign_id) is None:
         raise CampaignNotFound(f"campaign id {campaign_id} not found")
@@ -108,7 +135,9 @@ def scored_candidates(session: Session, campaign_id: int, task: str | None = Non
             "fidelity": top,
             "n_seeds": len({e.seed for e in at_top}),
         }
-        row.update(_mean_metrics([flatten_metrics(e.metrics or {}) for e in at_top]))
+        runs = [flatten_metrics(e.metrics or {}) for e in at_top]
+        row.update(_mean_metrics(runs))
+        row["_std"] = _std_metrics(runs)  # popped by the public queries
         rows.append(row)
     return rows
 
@@ -152,7 +181,40 @@ def leaderboard(
     rows.sort(key=lambda r: (_sort_key(r.get(metric), direction), r["candidate_id"]))
     for i, r in enumerate(rows, 1):
         r["rank"] = i
+        r[f"{metric}_std"] = r.pop("_std").get(metric)  # spread over seeds; None with one seed
     return rows if limit is None else rows[:limit]
+
+
+def winner(rows: Sequence[dict[str, Any]], metric: str, direction: str) -> dict[str, Any]:
+    """Is the leaderboard's #1 a winner, or tied with #2 within the seed spread?
+
+    The lead (difference of seed means) must exceed the spread, the sum of the two candidates' seed
+    standard deviations. With a single seed the spread is unknown and the verdict says so.
+    Returns {candidate_id, tie, lead, spread, text}; candidate_id is None when there is no clear winner.
+    """
+    direction = normalize_direction(direction)
+    scored = [r for r in rows if is_number(r.get(metric))]
+    if not scored:
+        return {"candidate_id": None, "tie": False, "lead": None, "spread": None, "text": f"no candidate has {metric} yet"}
+    first = scored[0]
+    if len(scored) == 1:
+        return {"candidate_id": first["candidate_id"], "tie": False, "lead": None, "spread": None,
+                "text": f"#{first['candidate_id']} is the only candidate scored on {metric}"}
+    second = scored[1]
+    lead = abs(first[metric] - second[metric])
+    stds = [first.get(f"{metric}_std"), second.get(f"{metric}_std")]
+    if any(s is None for s in stds):
+        return {"candidate_id": first["candidate_id"], "tie": False, "lead": lead, "spread": None,
+                "text": (f"#{first['candidate_id']} leads #{second['candidate_id']} by {lead:.4g} {metric}; "
+                         f"single seed: spread unknown, re-evaluate the top candidates with more seeds to tell")}
+    spread = float(stds[0]) + float(stds[1])
+    if lead > spread:
+        return {"candidate_id": first["candidate_id"], "tie": False, "lead": lead, "spread": spread,
+                "text": (f"#{first['candidate_id']} wins: it leads #{second['candidate_id']} by {lead:.4g} {metric}, "
+                         f"more than the seed spread {spread:.4g}")}
+    return {"candidate_id": None, "tie": True, "lead": lead, "spread": spread,
+            "text": (f"tie: #{first['candidate_id']} leads #{second['candidate_id']} by {lead:.4g} {metric}, "
+                     f"within the seed spread {spread:.4g}")}
 
 
 def _dominates(a: Sequence[float], b: Sequence[float]) -> bool:
@@ -179,6 +241,8 @@ def pareto(
             raise ValueError(f"objectives[{i}]: got {obj!r}, expected (metric, 'maximize' | 'minimize')")
         objs.append((obj[0], normalize_direction(obj[1], f"objectives[{i}]")))
     rows = scored_candidates(session, campaign_id, task)
+    for r in rows:
+        r.pop("_std")
     for i, (metric, _) in enumerate(objs):
         _check_metric(rows, metric, campaign_id, f"objectives[{i}]")
     rows = [r for r in rows if all(is_number(r.get(m)) for m, _ in objs)]

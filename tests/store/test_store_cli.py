@@ -52,7 +52,7 @@ def test_leaderboard_formats(populated) -> None:
     assert res.exit_code == 0, res.output
     table = list(csv.DictReader(io.StringIO(res.stdout)))
     assert [int(r["candidate_id"]) for r in table] == [ids["c1"], ids["c2"]]
-    assert list(table[0]) == [*ROW_KEYS, "accuracy", "cost_state_bytes", "loss"]
+    assert list(table[0]) == [*ROW_KEYS, "accuracy", "cost_state_bytes", "loss", "loss_std"]
     res = _invoke(["leaderboard", "first", "--store", url])
     assert res.exit_code == 0, res.output
     assert "first: leaderboard by accuracy" in res.stdout and "d32 LA" in res.stdout and "0.1" in res.stdout
