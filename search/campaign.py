@@ -7,13 +7,14 @@ space it builds; every problem comes back as `field.path: message` lines in `Cam
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from hybridnas.space import SearchSpace, SpaceFile, format_validation_error
 
@@ -46,52 +47,124 @@ class TrainingSection(_Strict):
     eval_batch_size: int = Field(default=256, ge=1)  # sequences per scoring batch
 
 
+#: Strategy names a campaign file may use (see hybridnas.search.strategies.STRATEGIES).
+STRATEGY_NAMES = ("random", "evolution", "grid", "tpe", "nsga2", "gp")
+#: Metrics the analytic cost model gives before training: bounds on them reject a design up front.
+ANALYTIC_METRICS = ("cost_params", "cost_flops_per_token", "cost_state_bytes")
+
+
+class SuccessiveHalvingSection(_Strict):
+    """Asynchronous successive halving (ASHA): train short, promote the best 1/eta to eta-times more steps."""
+
+    eta: int = Field(default=3, ge=2)  # promote the top 1/eta of each rung; each rung trains eta times longer
+    rungs: int = Field(default=3, ge=2)  # fidelities training.steps / eta^(rungs-1), ..., training.steps
+
+
+class ReevaluateSection(_Strict):
+    """Noise-aware ranking: re-train the final top-k with extra seeds, so a lead can be told from noise."""
+
+    top_k: int = Field(default=3, ge=1)  # how many of the best candidates get extra seeds
+    seeds: int = Field(default=2, ge=1)  # extra seeds each (seed+1, seed+2, ...), at its highest fidelity
+
+
 class SearchSection(_Strict):
     """Which strategy proposes candidates, and how many it may propose."""
 
-    strategy: Literal["random", "evolution"] = "evolution"
-    budget: int = Field(default=16, ge=1)  # candidates to evaluate in total
-    population: int = Field(default=8, ge=2)  # evolution: population size (oldest dies first)
+    strategy: Literal["random", "evolution", "grid", "tpe", "nsga2", "gp"] = "evolution"
+    budget: int = Field(default=16, ge=1)  # distinct designs to evaluate (promotions and extra seeds come on top)
+    population: int = Field(default=8, ge=2)  # evolution: population size (oldest dies first); nsga2: generation size
     tournament: int = Field(default=3, ge=1)  # evolution: candidates per tournament
     crossover_prob: float = Field(default=0.2, ge=0, le=1)  # evolution: chance a child has two parents
+    n_startup: int = Field(default=8, ge=1)  # tpe, gp: random designs before the model takes over
+    successive_halving: SuccessiveHalvingSection | None = None  # multi-fidelity; off = every design at training.steps
+    reevaluate: ReevaluateSection | None = None  # extra seeds for the final top-k; off = one seed each
 
 
 class ExecutionSection(_Strict):
     """Where evaluations run."""
 
-    executor: Literal["ray", "inprocess"] = "ray"  # ray: local embedded cluster, or `address`
+    executor: Literal["ray", "inprocess", "replay"] = "ray"  # ray: local embedded cluster, or `address`
     workers: int = Field(default=2, ge=1)  # evaluations in flight at once
     address: str | None = None  # join an existing Ray cluster instead of starting one
     cpus_per_worker: int = Field(default=1, ge=1)  # torch threads per worker
     gpus_per_worker: float = Field(default=0, ge=0)  # GPUs requested per worker
     timeout_s: float | None = Field(default=900, gt=0)  # per-evaluation limit; exceeded -> failed
+    max_retries: int = Field(default=2, ge=0)  # ray: re-runs of an evaluation whose worker process died
+    replay_table: str | None = None  # replay: a tabular benchmark (benchmarks/hybridbench) answering evaluations
+
+    @model_validator(mode="after")
+    def _replay_needs_table(self) -> ExecutionSection:
+        if self.executor == "replay" and not self.replay_table:
+            raise ValueError("replay_table: required when executor is 'replay' (a hybridbench table file)")
+        return self
 
 
-class ObjectiveSection(_Strict):
-    """The metric the search optimizes."""
+class Objective(_Strict):
+    """One metric the search optimizes, with its direction."""
 
     metric: str = "accuracy"  # any metric an evaluation records
     direction: Literal["maximize", "minimize"] = "maximize"
 
 
-class ConstraintsSection(_Strict):
-    """Analytic limits; designs that break one are rejected before training."""
+class Bound(_Strict):
+    """A constraint: metric >= min and/or metric <= max."""
 
-    max_params: int | None = Field(default=None, ge=1)
-    max_state_bytes: int | None = Field(default=None, ge=1)  # recurrent state + KV cache at context_len
-    context_len: int = Field(default=2048, ge=1)  # context at which state bytes are measured
+    metric: str
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _some_bound(self) -> Bound:
+        if self.min is None and self.max is None:
+            raise ValueError("give min, max or both")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min {self.min} > max {self.max}")
+        return self
+
+    def violation(self, value: float | None) -> str | None:
+        """Why `value` breaks the bound, or None when it holds (a missing value breaks it)."""
+        if value is None or not math.isfinite(value):
+            return f"{self.metric} is missing"
+        if self.min is not None and value < self.min:
+            return f"{self.metric} {value:.6g} < min {self.min:.6g}"
+        if self.max is not None and value > self.max:
+            return f"{self.metric} {value:.6g} > max {self.max:.6g}"
+        return None
+
+
+class HardwareSection(_Strict):
+    """How each candidate's cost is measured on its worker (hybridnas.workers.hardware.MeasureConfig)."""
+
+    context_len: int = Field(default=512, ge=1)  # prefill length, and the context of the analytic state/KV bytes
+    batch_size: int = Field(default=4, ge=1)  # sequences per timed prefill and per decode step
+    prompt_len: int = Field(default=32, ge=1)  # tokens prefilled (untimed) before decode timing
+    decode_tokens: int = Field(default=32, ge=1)  # single-token steps timed with the recurrent state / KV cache
+    repeats: int = Field(default=3, ge=1)  # timed repetitions; the median is recorded
+    warmup: int = Field(default=1, ge=0)  # untimed repetitions first
 
 
 class CampaignFile(_Strict):
     name: str  # unique in the store; letters, digits, _ . -
     seed: int = 0  # seeds the strategy, the task data and every model's initialization
-    task: dict[str, Any] = Field(default_factory=lambda: {"name": "mqar"})  # `name` plus that task's settings
+    task: dict[str, Any] = Field(default_factory=lambda: {"name": "mqar"})  # `name` plus that task's settings, or a suite
     space: SpaceFile = Field(default_factory=SpaceFile)
     training: TrainingSection = Field(default_factory=TrainingSection)
     search: SearchSection = Field(default_factory=SearchSection)
     execution: ExecutionSection = Field(default_factory=ExecutionSection)
-    objective: ObjectiveSection = Field(default_factory=ObjectiveSection)
-    constraints: ConstraintsSection = Field(default_factory=ConstraintsSection)
+    objectives: list[Objective] = Field(default_factory=lambda: [Objective()], min_length=1)  # the first one leads
+    constraints: list[Bound] = Field(default_factory=list)  # analytic (cost_*) ones reject before training
+    hardware: HardwareSection = Field(default_factory=HardwareSection)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _single_objective(cls, data: Any) -> Any:
+        # `objective: {...}` is shorthand for a one-element `objectives:` list.
+        if isinstance(data, dict) and "objective" in data:
+            if "objectives" in data:
+                raise ValueError("give either objective or objectives, not both")
+            data = dict(data)
+            data["objectives"] = [data.pop("objective")]
+        return data
 
     @field_validator("name")
     @classmethod
@@ -99,6 +172,11 @@ class CampaignFile(_Strict):
         if not NAME_RE.match(v):
             raise ValueError(f"{v!r} is not allowed; use letters, digits, '_', '.', '-' (at most 128, not starting with a symbol)")
         return v
+
+    @property
+    def objective(self) -> Objective:
+        """The primary objective: it ranks the leaderboard and drives single-objective strategies."""
+        return self.objectives[0]
 
 
 @dataclass(frozen=True)
@@ -130,15 +208,23 @@ def parse_campaign(data: Any, source: str = "", **overrides: Any) -> Campaign:
         file = CampaignFile.model_validate(data)
     except ValidationError as e:
         raise CampaignFileError(format_validation_error(e), source) from None
-    if file.objective.metric not in METRICS:
-        raise CampaignFileError(
-            [f"objective.metric: {file.objective.metric!r} is not recorded; allowed: {', '.join(METRICS)}"], source
-        )
     try:
         task = make_task(dict(file.task))
     except (ValueError, TypeError) as e:
         msg = str(e)
         raise CampaignFileError([msg if msg.startswith("task") else f"task: {msg}"], source) from None
+    # Suites also record each member's metrics as "<member key>.<metric>".
+    keys = [m.key for m in getattr(task, "members", ())]
+    known = set(METRICS) | {f"{k}.{m}" for k in keys for m in METRICS}
+    allowed = ", ".join(METRICS) + (f", or <member>.<metric> for members {', '.join(keys)}" if keys else "")
+    problems = [
+        f"{where}[{i}].metric: {item.metric!r} is not recorded; allowed: {allowed}"
+        for where, items in (("objectives", file.objectives), ("constraints", file.constraints))
+        for i, item in enumerate(items)
+        if item.metric not in known
+    ]
+    if problems:
+        raise CampaignFileError(problems, source)
     try:
         space = file.space.build(vocab_size=task.vocab_size)
     except ValueError as e:

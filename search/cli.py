@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import signal
+import threading
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -13,7 +16,7 @@ from hybridnas.search.campaign import Campaign, CampaignFileError, load_campaign
 from hybridnas.search.controller import Controller, Event, RunSummary
 from hybridnas.workers import EXECUTORS, Executor, make_executor
 from hybridnas.search.export import export_candidate
-from hybridnas.store import Store, StoreError
+from hybridnas.store import CampaignBusy, Store, StoreError
 from hybridnas.store.cli import (
     FormatOption,
     OutputFormat,
@@ -58,9 +61,11 @@ def _executor(campaign: Campaign, kind: str | None, workers: int | None, address
             address=address if address is not None else ex.address,
             cpus_per_worker=ex.cpus_per_worker,
             gpus_per_worker=ex.gpus_per_worker,
+            max_retries=ex.max_retries,
+            replay_table=ex.replay_table,
         )
-    except ValueError as e:
-        fail(f"--executor/--address: {e}")
+    except (ValueError, OSError) as e:
+        fail(f"--executor/--address/execution: {e}")
         raise
 
 
@@ -72,9 +77,16 @@ def _load(file: Path, **overrides: object) -> Campaign:
         raise  # unreachable; keeps type checkers quiet
 
 
-def _run(store: Store, campaign: Campaign, campaign_id: int, executor: Executor, export_dir: Path | None) -> RunSummary:
-    """Run the controller to the budget with a progress bar; then print the leaderboard and export the winner."""
-    budget = campaign.file.search.budget
+def _run(
+    store: Store, campaign: Campaign, campaign_id: int, executor: Executor, export_dir: Path | None, force: bool = False
+) -> RunSummary:
+    """Run the controller with a progress bar; then print the leaderboard and export the winner.
+
+    Ctrl-C (or SIGTERM) asks the controller to stop cleanly: in-flight work is handed back as queued
+    and `campaign resume` picks it up. A second Ctrl-C interrupts at once (recorded results are kept).
+    """
+    f = campaign.file
+    plain = f.search.successive_halving is None and f.search.reevaluate is None
     progress = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -84,45 +96,69 @@ def _run(store: Store, campaign: Campaign, campaign_id: int, executor: Executor,
         console=err,
         transient=False,
     )
-    task = progress.add_task(campaign.name, total=budget, last="")
+    # With promotions or extra seeds the number of evaluations is not known in advance.
+    task = progress.add_task(campaign.name, total=f.search.budget if plain else None, last="")
 
     def on_event(e: Event) -> None:
-        if e.kind in ("done", "failed"):
+        if e.kind in ("done", "failed", "invalid"):
             progress.advance(task)
-            mark = "[green]✓[/]" if e.kind == "done" else "[red]✗[/]"
+            mark = {"done": "[green]✓[/]", "failed": "[red]✗[/]", "invalid": "[red]![/]"}[e.kind]
             progress.console.print(f"  {mark} #{e.candidate_id} {e.label}  {e.detail}", highlight=False)
         elif e.kind == "resumed":
             progress.update(task, completed=controller.n_finished)
             progress.console.print(f"  [yellow]resumed[/] {e.detail}", highlight=False)
-        elif e.kind in ("exhausted", "rejected"):
+        elif e.kind in ("exhausted", "rejected", "promoted", "reseeded", "stopping"):
             progress.console.print(f"  [yellow]{e.kind}[/] {e.label} {e.detail}", highlight=False)
         progress.update(task, last=f"{executor.in_flight} running")
 
-    controller = Controller(store, campaign, campaign_id, executor, on_event)
+    controller = Controller(store, campaign, campaign_id, executor, on_event, force=force)
+
+    def on_signal(signum: int, frame: object) -> None:
+        if controller._stop.is_set():  # second signal: interrupt now
+            raise KeyboardInterrupt
+        err.print("\nstopping: in-flight evaluations are handed back; Ctrl-C again to interrupt at once")
+        controller.request_stop()
+
+    # Handlers can only be set from the main thread (not, e.g., from a test runner's worker thread).
+    main = threading.current_thread() is threading.main_thread()
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)} if main else {}
     try:
         with progress:
             summary = controller.run()
+    except CampaignBusy as e:
+        fail(f"{e}; or take it over with `hybridnas campaign resume {campaign.name} --force`")
+        raise
     except KeyboardInterrupt:
         store.set_campaign_status(campaign_id, "stopped")
-        err.print(f"\nstopped; recorded results are kept. Continue with: hybridnas campaign resume {campaign.name}")
+        err.print(f"\ninterrupted; recorded results are kept. Continue with: hybridnas campaign resume {campaign.name}")
         raise typer.Exit(130)
     except Exception:
         store.set_campaign_status(campaign_id, "failed")
         err.print(f"the controller failed; recorded results are kept. After fixing the cause: hybridnas campaign resume {campaign.name}")
         raise
     finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         executor.close()
-    err.print(
-        f"{campaign.name}: {summary.evaluated} evaluated ({summary.failed} failed, {summary.rejected} rejected by constraints)"
-        f" in {summary.wall_time_s:.1f}s" + (" — the space ran out of new designs" if summary.exhausted else "")
+    extra = "".join(
+        f", {n} {what}" for n, what in ((summary.promotions, "promotions"), (summary.reseeds, "extra seeds")) if n
     )
-    obj = campaign.file.objective
+    err.print(
+        f"{campaign.name}: {summary.evaluated} evaluated ({summary.failed} failed or invalid, {summary.rejected} rejected by constraints"
+        f"{extra}) in {summary.wall_time_s:.1f}s" + (" — the space ran out of new designs" if summary.exhausted else "")
+    )
+    if summary.stopped:
+        err.print(f"stopped; recorded results are kept. Continue with: hybridnas campaign resume {campaign.name}")
+        return summary
+    obj = f.objective
     print_leaderboard(store, campaign.name, metric=obj.metric, direction=obj.direction, limit=10, fmt="table")
+    verdict = store.winner(campaign_id, obj.metric, obj.direction)
+    err.print(verdict["text"], highlight=False)
     if export_dir is not None:
         board = store.leaderboard(campaign_id, metric=obj.metric, direction=obj.direction, limit=1)
         if board:
             path = export_candidate(store, board[0]["candidate_id"], export_dir / campaign.name)
-            err.print(f"winner #{board[0]['candidate_id']} exported to {path}")
+            err.print(f"#1 (candidate {board[0]['candidate_id']}) exported to {path}")
     return summary
 
 
@@ -131,7 +167,7 @@ def launch(
     file: Path = typer.Argument(..., help="Campaign YAML file."),
     store: StoreOption = None,
     name: Optional[str] = typer.Option(None, "--name", help="Override the campaign name from the file."),
-    executor: Optional[str] = typer.Option(None, "--executor", help="ray | inprocess (overrides the file)."),
+    executor: Optional[str] = typer.Option(None, "--executor", help="ray | inprocess | replay (overrides the file)."),
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Evaluations in flight (overrides the file)."),
     address: Optional[str] = typer.Option(None, "--address", help="Join an existing Ray cluster."),
     export_dir: Path = typer.Option(Path("export"), "--export-dir", help="Export the winner to DIR/<campaign>/."),
@@ -158,11 +194,12 @@ def launch(
 def resume(
     name: Optional[str] = typer.Argument(None, help="Campaign name (default: the most recent)."),
     store: StoreOption = None,
-    executor: Optional[str] = typer.Option(None, "--executor", help="ray | inprocess"),
+    executor: Optional[str] = typer.Option(None, "--executor", help="ray | inprocess | replay"),
     workers: Optional[int] = typer.Option(None, "--workers", min=1),
     address: Optional[str] = typer.Option(None, "--address"),
     export_dir: Path = typer.Option(Path("export"), "--export-dir"),
     no_export: bool = typer.Option(False, "--no-export"),
+    force: bool = typer.Option(False, "--force", help="Take the campaign over even if another controller's lease looks live."),
 ) -> None:
     """Continue a stopped or interrupted campaign: recorded results are kept, unfinished ones run again."""
     if executor is not None and executor not in EXECUTORS:
@@ -177,7 +214,51 @@ def resume(
             campaign = parse_campaign(info.config, f"(stored config of {info.name})")
         except CampaignFileError as e:
             fail(str(e))
-        _run(st, campaign, info.id, _executor(campaign, executor, workers, address), None if no_export else export_dir)
+        if info.status == "finished" and not _budget_left(st, info.id, campaign):
+            out.print(f"{info.name} is finished: nothing left to run")
+            return
+        _run(st, campaign, info.id, _executor(campaign, executor, workers, address), None if no_export else export_dir, force)
+    finally:
+        st.close()
+
+
+def _budget_left(store: Store, campaign_id: int, campaign: Campaign) -> bool:
+    evs = store.evaluations(campaign_id)
+    unfinished = any(e.status in ("queued", "running") for e in evs)
+    return unfinished or len({e.candidate_id for e in evs}) < campaign.file.search.budget
+
+
+@campaign_app.command("stop")
+def stop(
+    name: Optional[str] = typer.Argument(None, help="Campaign name (default: the most recent)."),
+    store: StoreOption = None,
+    wait: float = typer.Option(0.0, "--wait", min=0, help="Seconds to wait for the controller to hand its work back."),
+) -> None:
+    """Ask a running campaign to end cleanly: in-flight evaluations go back to the queue for `resume`."""
+    st = open_store(store)
+    try:
+        try:
+            info = st.get_campaign(name)
+        except LookupError as e:
+            fail(str(e))
+        if info.status in ("finished", "failed", "stopped") and info.lease_owner is None:
+            out.print(f"{info.name} is {info.status} already; nothing to stop")
+            return
+        st.request_stop(info.id)
+        if info.lease_owner is None:
+            # No live controller: its process died without a word. Mark the campaign for resume.
+            st.set_campaign_status(info.id, "stopped")
+            out.print(f"{info.name}: no live controller; marked stopped. Continue with: hybridnas campaign resume {info.name}")
+            return
+        out.print(f"{info.name}: stop requested from controller {info.lease_owner}")
+        deadline = time.monotonic() + wait
+        while wait and time.monotonic() < deadline:
+            if st.get_campaign_by_id(info.id).lease_owner is None:
+                out.print(f"{info.name}: stopped ({st.get_campaign_by_id(info.id).status})")
+                return
+            time.sleep(0.5)
+        if wait:
+            fail(f"{info.name}: the controller has not stopped after {wait:g}s; it stops after its current evaluation", code=1)
     finally:
         st.close()
 

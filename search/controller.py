@@ -1,34 +1,59 @@
 """The controller: the only process that writes to the store during a campaign.
 
-It keeps up to `executor.capacity` evaluations in flight, records each result the moment it arrives
-(one transaction per result, so a kill loses nothing that was recorded), and asks its strategy for
-more until the budget is spent. Everything it needs to resume lives in the store: on start it replays
-every finished evaluation into a fresh strategy and re-submits those that were queued or running.
+It keeps up to `executor.capacity` evaluations in flight and records each result the moment it
+arrives (one transaction per result, so a kill loses nothing that was recorded). Each free slot goes,
+in this order, to:
+
+1. a promotion (multi-fidelity): asynchronous successive halving (ASHA, Li et al. 2020) over rungs
+   `training.steps / eta^k`: a candidate in the top 1/eta of the results finished at its rung is
+   re-trained at the next rung, as a new evaluation of the same candidate (origin "promotion");
+2. a new design from the strategy, until `search.budget` designs exist;
+3. extra seeds for the final top-k (noise-aware ranking, origin "reseed"), once nothing else is left.
+
+Everything it needs to resume lives in the store. On start it replays every recorded base-rung
+result into a fresh strategy (in the order they were recorded), re-submits queued and running
+evaluations, and goes on. Every proposal's randomness is a function of (seed, candidate index,
+attempt), so a campaign killed at any moment and resumed proposes what an uninterrupted run with the
+same seed would have, given the same order of results.
+
+Liveness: the controller holds a lease on the campaign in the store, renewed by a heartbeat thread;
+a second controller is refused while the lease is live, and a killed one's lease simply expires.
+`campaign stop` sets a flag the loop polls: in-flight work is cancelled and handed back as queued,
+and the campaign is left "stopped", ready to resume.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import socket
+import threading
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from hybridnas.search.campaign import Campaign
+from hybridnas.search.campaign import ANALYTIC_METRICS, Campaign
 from hybridnas.search.strategies import Observation, Proposal, Strategy, make_strategy
 from hybridnas.space import ArchSpec
 from hybridnas.space.cost import estimate_cost
-from hybridnas.store import Store
+from hybridnas.store import CampaignBusy, Store
 from hybridnas.workers import EvalRequest, EvalResult, Executor
 
 #: How many designs in a row a constraint may reject before the campaign stops proposing.
 MAX_REJECTIONS = 200
 #: Cap on known designs proposed in a row; a replaying strategy (after resume) proposes many of them.
 MAX_DUPLICATES = 100_000
+#: The controller's lease on its campaign; the heartbeat renews it every third of this.
+LEASE_TTL_S = 60.0
+#: How often the loop looks for a stop request while evaluations run.
+POLL_S = 1.0
 
 
 @dataclass(frozen=True)
 class Event:
-    """Progress notice for a UI: kind is submitted | done | failed | rejected | resumed | exhausted."""
+    """Progress notice for a UI: kind is submitted | done | failed | invalid | rejected | promoted |
+    reseeded | resumed | exhausted | stopping."""
 
     kind: str
     candidate_id: int | None = None
@@ -38,24 +63,65 @@ class Event:
 
 @dataclass(frozen=True)
 class RunSummary:
-    evaluated: int  # evaluations finished in this campaign (all runs), done or failed
-    failed: int
+    evaluated: int  # evaluations finished in this campaign (all runs), done, failed or invalid
+    failed: int  # failed or invalid
     rejected: int  # proposals refused by a constraint in this run
     exhausted: bool  # the strategy ran out of new designs before the budget
     wall_time_s: float
+    promotions: int = 0  # evaluations at a higher rung (all runs)
+    reseeds: int = 0  # extra-seed evaluations (all runs)
+    stopped: bool = False  # ended by `campaign stop` (or a signal) before finishing
 
 
 def score_of(metrics: dict[str, Any] | None, metric: str, direction: str) -> float | None:
     """The objective oriented so that larger is better, or None when it is missing or not finite."""
+    value = _number(metrics, metric)
+    if value is None:
+        return None
+    return value if direction == "maximize" else -value
+
+
+def _number(metrics: dict[str, Any] | None, metric: str) -> float | None:
     if not metrics or metric not in metrics:
         return None
     try:
         value = float(metrics[metric])
     except (TypeError, ValueError):
         return None
-    if not math.isfinite(value):
-        return None
-    return value if direction == "maximize" else -value
+    return value if math.isfinite(value) else None
+
+
+def _owner_is_dead(owner: str) -> bool:
+    """True when a lease owner "host:pid:token" names a process of this host that no longer exists."""
+    host, _, rest = owner.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False  # another machine's controller: only its lease expiry can tell
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def rung_steps(steps: int, eta: int, rungs: int) -> tuple[int, ...]:
+    """Training steps of each rung, lowest first: steps / eta^(rungs-1), ..., steps (at least 1 each)."""
+    out = [max(1, steps // eta ** (rungs - 1 - i)) for i in range(rungs)]
+    return tuple(sorted(set(out)))
+
+
+@dataclass
+class _Run:
+    """What the controller knows of one evaluation."""
+
+    candidate_id: int
+    fidelity: int
+    seed: int
+    origin: str
+    status: str
+    score: float | None = None  # primary objective oriented larger-is-better; None unless done and feasible
 
 
 class Controller:
@@ -66,28 +132,47 @@ class Controller:
         campaign_id: int,
         executor: Executor,
         on_event: Callable[[Event], None] | None = None,
+        *,
+        force: bool = False,
+        lease_ttl_s: float = LEASE_TTL_S,
     ) -> None:
         self.store = store
         self.campaign = campaign
         self.campaign_id = campaign_id
         self.executor = executor
         self.on_event = on_event or (lambda e: None)
+        self.force = force  # take the campaign even if another controller's lease looks live
+        self.lease_ttl_s = lease_ttl_s
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         f = campaign.file
+        self.objectives = tuple((o.metric, o.direction) for o in f.objectives)
         self.strategy: Strategy = make_strategy(
             f.search.strategy,
             campaign.space,
             f.seed,
+            directions=tuple(d for _, d in self.objectives),
+            storage=store.url if f.search.strategy in ("tpe", "nsga2", "gp") else None,
+            study_name=f"hybridnas.{campaign.name}",
             population=f.search.population,
             tournament=f.search.tournament,
             crossover_prob=f.search.crossover_prob,
+            n_startup=f.search.n_startup,
         )
         self.task_name = campaign.task.name
-        self.fidelity = f.training.steps
+        sh = f.search.successive_halving
+        self.rungs = rung_steps(f.training.steps, sh.eta, sh.rungs) if sh else (f.training.steps,)
+        self.eta = sh.eta if sh else 0
+        self.pre_bounds = [b for b in f.constraints if b.metric in ANALYTIC_METRICS]
+        self.post_bounds = [b for b in f.constraints if b.metric not in ANALYTIC_METRICS]
         self._specs: dict[int, ArchSpec] = {}
         self._labels: dict[int, str] = {}
+        self._runs: dict[int, _Run] = {}  # evaluation id -> what we know of it
         self._in_flight: dict[int, int] = {}  # evaluation id -> candidate id
         self._hashes: set[str] = set()  # designs already in the campaign
         self._rejected: set[str] = set()  # designs a constraint refused
+        self._base: dict[str, int] = {}  # spec hash -> id of the design's first (search) evaluation
+        self._stop = threading.Event()  # set by request_stop() or a stop flag in the store
+        self._lost_lease = threading.Event()
         self.n_candidates = 0
         self.n_finished = 0
         self.n_failed = 0
@@ -105,36 +190,69 @@ class Controller:
     def _restore(self) -> list[Any]:
         """Replay recorded results into the strategy; return the evaluations to run again."""
         evaluations = self.store.evaluations(self.campaign_id)
-        finished = [e for e in evaluations if e.status in ("done", "failed")]
+        for e in evaluations:
+            self._specs.setdefault(e.candidate_id, e.spec)
+            self._labels.setdefault(e.candidate_id, e.spec.describe())
+            self._hashes.add(e.spec.spec_hash)
+            self._runs[e.id] = _Run(e.candidate_id, e.fidelity, e.seed, e.origin, e.status)
+            if e.origin == "search":
+                self._base.setdefault(e.spec.spec_hash, e.id)
+        self.n_candidates = len({e.candidate_id for e in evaluations})
+        finished = [e for e in evaluations if e.status not in ("queued", "running")]
         finished.sort(key=lambda e: (e.finished_at is None, e.finished_at or 0, e.id))
-        candidates = {e.candidate_id for e in evaluations}
-        for cid in candidates:
-            self._hashes.add(self._spec(cid).spec_hash)
-        self.n_candidates = len(candidates)
         for e in finished:
-            self._observe(e.candidate_id, e.status, e.metrics)
+            self._observe(e.id, e.status, e.metrics)
         unfinished = [e for e in evaluations if e.status in ("queued", "running")]
         if evaluations:
             self.on_event(Event("resumed", detail=f"{len(finished)} recorded, {len(unfinished)} to re-run"))
         return unfinished
 
-    def _observe(self, candidate_id: int, status: str, metrics: dict[str, Any] | None) -> None:
-        obj = self.campaign.file.objective
-        score = score_of(metrics, obj.metric, obj.direction) if status == "done" else None
-        self.strategy.observe(Observation(candidate_id, self._spec(candidate_id), score, dict(metrics or {})))
+    def _infeasible(self, metrics: dict[str, Any] | None) -> str | None:
+        for b in self.post_bounds:
+            reason = b.violation(_number(metrics, b.metric))
+            if reason is not None:
+                return reason
+        return None
+
+    def _observe(self, evaluation_id: int, status: str, metrics: dict[str, Any] | None) -> None:
+        run = self._runs[evaluation_id]
+        run.status = status
+        metric, direction = self.objectives[0]
+        feasible = status == "done" and self._infeasible(metrics) is None
+        run.score = score_of(metrics, metric, direction) if feasible else None
         self.n_finished += 1
-        self.n_failed += status == "failed"
+        self.n_failed += status != "done"
+        if run.origin != "search":
+            return  # strategies learn from first evaluations only; promotions and reseeds are ours
+        values: tuple[float, ...] = ()
+        if status == "done":
+            got = tuple(_number(metrics, m) for m, _ in self.objectives)
+            values = tuple(v for v in got if v is not None) if all(v is not None for v in got) else ()
+        cid = run.candidate_id
+        self.strategy.observe(Observation(cid, self._spec(cid), run.score, dict(metrics or {}), values, feasible))
+
+    def _known_observation(self, spec_hash: str) -> Observation | None:
+        """The base-rung observation of an existing design, for a strategy told it proposed a duplicate."""
+        ev = self._base.get(spec_hash)
+        if ev is None or self._runs[ev].status in ("queued", "running"):
+            return None
+        run = self._runs[ev]
+        return Observation(run.candidate_id, self._spec(run.candidate_id), run.score)
 
     # -- proposing -----------------------------------------------------------------------------
     def _violation(self, spec: ArchSpec) -> str | None:
-        c = self.campaign.file.constraints
-        if c.max_params is None and c.max_state_bytes is None:
+        if not self.pre_bounds:
             return None
-        cost = estimate_cost(spec, context_len=c.context_len)
-        if c.max_params is not None and cost.params > c.max_params:
-            return f"params {cost.params} > max_params {c.max_params}"
-        if c.max_state_bytes is not None and cost.state_bytes > c.max_state_bytes:
-            return f"state bytes {cost.state_bytes} > max_state_bytes {c.max_state_bytes}"
+        cost = estimate_cost(spec, context_len=self.campaign.file.hardware.context_len)
+        values = {
+            "cost_params": float(cost.params),
+            "cost_flops_per_token": float(cost.flops_per_token),
+            "cost_state_bytes": float(cost.state_bytes),
+        }
+        for b in self.pre_bounds:
+            reason = b.violation(values[b.metric])
+            if reason is not None:
+                return reason
         return None
 
     def _next_proposal(self) -> Proposal | None:
@@ -143,39 +261,91 @@ class Controller:
         Known designs are skipped cheaply and counted apart from constraint rejections: after a
         resume the strategy re-proposes many recorded designs, which says nothing about exhaustion.
         """
-        rejections = duplicates = 0
+        rejections = duplicates = attempt = 0
         limit = min(MAX_DUPLICATES, max(MAX_REJECTIONS, 4 * self.campaign.space.size()))
         while rejections < MAX_REJECTIONS and duplicates < limit:
+            self.strategy.reseed(self.n_candidates, attempt)
+            attempt += 1
             (proposal,) = self.strategy.propose(1)
             h = proposal.spec.spec_hash
             if h in self._hashes or h in self._rejected:
                 duplicates += 1
+                self.strategy.discard(proposal, "duplicate", self._known_observation(h) if h in self._hashes else None)
                 continue
             reason = self._violation(proposal.spec)
             if reason is not None:
                 rejections += 1
                 self._rejected.add(h)
                 self.n_rejected += 1
+                self.strategy.discard(proposal, f"constraint: {reason}")
                 self.on_event(Event("rejected", label=proposal.spec.describe(), detail=reason))
                 continue
             return proposal
         return None
 
-    def _request(self, evaluation_id: int, candidate_id: int) -> EvalRequest:
+    # -- multi-fidelity and extra seeds -------------------------------------------------------------
+    def _promotion(self) -> tuple[int, int] | None:
+        """(candidate id, next rung's steps) of the best promotable candidate, highest rung first."""
+        if len(self.rungs) < 2:
+            return None
+        seed = self.campaign.file.seed
+        base = [r for r in self._runs.values() if r.seed == seed and r.origin in ("search", "promotion")]
+        for i in range(len(self.rungs) - 2, -1, -1):
+            at = [r for r in base if r.fidelity == self.rungs[i] and r.status not in ("queued", "running")]
+            k = len(at) // self.eta
+            if k == 0:
+                continue
+            promoted = {r.candidate_id for r in base if r.fidelity == self.rungs[i + 1]}
+            ranked = sorted(at, key=lambda r: (r.score is None, -(r.score or 0.0), r.candidate_id))
+            for r in ranked[:k]:
+                if r.score is not None and r.candidate_id not in promoted:
+                    return r.candidate_id, self.rungs[i + 1]
+        return None
+
+    def _top_candidates(self) -> list[tuple[int, int]]:
+        """(candidate id, fidelity) of the best candidates at their highest rung, best first."""
+        seed = self.campaign.file.seed
+        best: dict[int, _Run] = {}
+        for r in self._runs.values():
+            if r.seed == seed and r.origin != "reseed" and r.status == "done":
+                if r.candidate_id not in best or r.fidelity > best[r.candidate_id].fidelity:
+                    best[r.candidate_id] = r
+        ranked = sorted(best.values(), key=lambda r: (-r.fidelity, r.score is None, -(r.score or 0.0), r.candidate_id))
+        return [(r.candidate_id, r.fidelity) for r in ranked if r.score is not None]
+
+    def _reseed(self) -> tuple[int, int, int] | None:
+        """(candidate id, fidelity, seed) of the next extra-seed evaluation still to queue."""
+        re = self.campaign.file.search.reevaluate
+        if re is None:
+            return None
+        have = {(r.candidate_id, r.fidelity, r.seed) for r in self._runs.values()}
+        seed = self.campaign.file.seed
+        for cid, fidelity in self._top_candidates()[: re.top_k]:
+            for j in range(1, re.seeds + 1):
+                if (cid, fidelity, seed + j) not in have:
+                    return cid, fidelity, seed + j
+        return None
+
+    # -- submitting and recording ---------------------------------------------------------------
+    def _request(self, evaluation_id: int) -> EvalRequest:
         f = self.campaign.file
+        run = self._runs[evaluation_id]
         return EvalRequest(
             evaluation_id=evaluation_id,
-            spec_json=self._spec(candidate_id).to_json(),
+            spec_json=self._spec(run.candidate_id).to_json(),
             task=dict(f.task),
             train=f.training.model_dump(),
-            steps=self.fidelity,
-            seed=f.seed,
+            steps=run.fidelity,
+            seed=run.seed,
             timeout_s=f.execution.timeout_s,
+            measure=f.hardware.model_dump(),
         )
 
-    def _submit(self, evaluation_id: int, candidate_id: int) -> None:
+    def _submit(self, evaluation_id: int) -> None:
+        candidate_id = self._runs[evaluation_id].candidate_id
         self.store.mark_running(evaluation_id)
-        self.executor.submit(self._request(evaluation_id, candidate_id))
+        self._runs[evaluation_id].status = "running"
+        self.executor.submit(self._request(evaluation_id))
         self._in_flight[evaluation_id] = candidate_id
         self.on_event(Event("submitted", candidate_id, self._labels[candidate_id]))
 
@@ -191,48 +361,149 @@ class Controller:
             wall_time_s=result.wall_time_s,
             weights=result.weights,
         )
-        self._observe(candidate_id, result.status, result.metrics)
+        self._observe(result.evaluation_id, result.status, result.metrics)
+        run = self._runs[result.evaluation_id]
         detail = result.error or ", ".join(
             f"{k}={result.metrics[k]:.4g}" for k in ("accuracy", "loss") if k in result.metrics
         )
+        if run.origin != "search":
+            detail = f"[{run.origin} steps={run.fidelity} seed={run.seed}] {detail}"
         self.on_event(Event(result.status, candidate_id, self._labels[candidate_id], detail))
 
-    # -- the loop ------------------------------------------------------------------------------
-    def run(self) -> RunSummary:
-        start = time.perf_counter()
+    def _fill(self) -> bool:
+        """Submit work into one free slot; False when there is nothing to submit right now."""
         f = self.campaign.file
-        self.store.set_campaign_status(self.campaign_id, "running")
-        for e in self._restore():
-            self._submit(e.id, e.candidate_id)
-        exhausted = False
-        while True:
-            while not exhausted and self.executor.in_flight < self.executor.capacity and self.n_candidates < f.search.budget:
-                proposal = self._next_proposal()
-                if proposal is None:
-                    exhausted = True
-                    self.on_event(Event("exhausted", detail="no new design satisfies the space and constraints"))
-                    break
+        promo = self._promotion()
+        if promo is not None:
+            cid, steps = promo
+            ev = self.store.add_evaluation(cid, task=self.task_name, fidelity=steps, seed=f.seed, origin="promotion")
+            self._runs[ev] = _Run(cid, steps, f.seed, "promotion", "queued")
+            self.on_event(Event("promoted", cid, self._labels[cid], f"to {steps} steps"))
+            self._submit(ev)
+            return True
+        if self.n_candidates < f.search.budget and not self._exhausted:
+            proposal = self._next_proposal()
+            if proposal is None:
+                self._exhausted = True
+                self.on_event(Event("exhausted", detail="no new design satisfies the space and constraints"))
+            else:
                 spec = proposal.spec
-                candidate_id, evaluation_id = self.store.add_candidate(
+                candidate_id, ev = self.store.add_candidate(
                     self.campaign_id,
                     spec,
                     generation=self._generation(proposal),
                     parents=[(p, proposal.operator) for p in proposal.parents],
                     task=self.task_name,
-                    fidelity=self.fidelity,
+                    fidelity=self.rungs[0],
                     seed=f.seed,
                 )
+                self.strategy.accepted(proposal, candidate_id)
                 self._specs[candidate_id] = spec
                 self._labels[candidate_id] = spec.describe()
                 self._hashes.add(spec.spec_hash)
+                self._runs[ev] = _Run(candidate_id, self.rungs[0], f.seed, "search", "queued")
+                self._base[spec.spec_hash] = ev
                 self.n_candidates += 1
-                self._submit(evaluation_id, candidate_id)
-            if self.executor.in_flight == 0:
-                break
-            for result in self.executor.wait():
-                self._record(result)
-        self.store.set_campaign_status(self.campaign_id, "finished")
-        return RunSummary(self.n_finished, self.n_failed, self.n_rejected, exhausted, time.perf_counter() - start)
+                self._submit(ev)
+                return True
+        # Extra seeds wait until the search is over, so the top-k they go to is final.
+        if self._in_flight or self._promotion() is not None:
+            return False
+        if self.n_candidates < f.search.budget and not self._exhausted:
+            return False
+        nxt = self._reseed()
+        if nxt is None:
+            return False
+        cid, fidelity, seed = nxt
+        ev = self.store.add_evaluation(cid, task=self.task_name, fidelity=fidelity, seed=seed, origin="reseed")
+        self._runs[ev] = _Run(cid, fidelity, seed, "reseed", "queued")
+        self.on_event(Event("reseeded", cid, self._labels[cid], f"seed {seed} at {fidelity} steps"))
+        self._submit(ev)
+        return True
+
+    # -- liveness ------------------------------------------------------------------------------
+    def request_stop(self) -> None:
+        """End the run cleanly at the next chance (what a signal handler calls)."""
+        self._stop.set()
+
+    def _heartbeat(self, done: threading.Event) -> None:
+        while not done.wait(self.lease_ttl_s / 3):
+            try:
+                if not self.store.renew_lease(self.campaign_id, self.owner, self.lease_ttl_s):
+                    self._lost_lease.set()
+                    self._stop.set()
+                    return
+            except Exception:  # noqa: BLE001 - a failed renewal is retried on the next beat
+                continue
+
+    def _should_stop(self) -> bool:
+        if not self._stop.is_set() and self.store.stop_requested(self.campaign_id):
+            self._stop.set()
+        return self._stop.is_set()
+
+    def _hand_back(self) -> None:
+        """Cancel in-flight work and queue it again, so `resume` re-runs it."""
+        self.on_event(Event("stopping", detail=f"{len(self._in_flight)} in flight handed back"))
+        self.executor.close()
+        for ev in list(self._in_flight):
+            self.store.requeue(ev)
+            self._runs[ev].status = "queued"
+        self._in_flight.clear()
+
+    # -- the loop ------------------------------------------------------------------------------
+    def run(self) -> RunSummary:
+        start = time.perf_counter()
+        try:
+            self.store.acquire_lease(self.campaign_id, self.owner, self.lease_ttl_s, force=self.force)
+        except CampaignBusy as e:
+            if not _owner_is_dead(e.owner):
+                raise
+            # Its controller was killed on this host (kill -9 leaves the lease behind): take over now.
+            self.store.acquire_lease(self.campaign_id, self.owner, self.lease_ttl_s, force=True)
+        done = threading.Event()
+        beat = threading.Thread(target=self._heartbeat, args=(done,), name="hybridnas-lease", daemon=True)
+        beat.start()
+        self._exhausted = False
+        stopped = False
+        try:
+            self.store.clear_stop(self.campaign_id)
+            self.store.set_campaign_status(self.campaign_id, "running")
+            for e in self._restore():
+                if self._stop.is_set():
+                    break
+                self._submit(e.id)
+            while True:
+                if self._should_stop():
+                    stopped = True
+                    break
+                while self.executor.in_flight < self.executor.capacity and self._fill():
+                    pass
+                if self.executor.in_flight == 0:
+                    break
+                for result in self.executor.wait(timeout=POLL_S):
+                    self._record(result)
+            if stopped:
+                self._hand_back()
+                if self._lost_lease.is_set():
+                    raise RuntimeError(f"campaign {self.campaign.name!r}: another controller took the lease; this one stopped")
+                self.store.set_campaign_status(self.campaign_id, "stopped")
+            else:
+                self.store.set_campaign_status(self.campaign_id, "finished")
+        finally:
+            done.set()
+            beat.join()
+            self.store.release_lease(self.campaign_id, self.owner)
+        runs = self._runs.values()
+        return RunSummary(
+            self.n_finished,
+            self.n_failed,
+            self.n_rejected,
+            self._exhausted,
+            time.perf_counter() - start,
+            promotions=sum(r.origin == "promotion" for r in runs),
+            reseeds=sum(r.origin == "reseed" for r in runs),
+            stopped=stopped,
+        )
 
     def _generation(self, proposal: Proposal) -> int:
         if not proposal.parents:

@@ -20,7 +20,7 @@ from rich.table import Table
 
 from hybridnas.store.db import Store
 from hybridnas.store.models import CampaignInfo, CampaignNotFound, CandidateNotFound, SchemaVersionError, StoreNotFound
-from hybridnas.store.queries import ROW_KEYS, normalize_direction
+from hybridnas.store.queries import ROW_KEYS, campaign_objectives, normalize_direction, primary_objective
 
 
 class OutputFormat(str, Enum):
@@ -104,8 +104,8 @@ def _columns(rows: Sequence[dict[str, Any]]) -> list[str]:
 
 
 #: Candidate columns a terminal table shows (JSON and CSV carry every metric).
-TABLE_KEYS = ("rank", "candidate_id", "label", "generation", "fidelity", "n_seeds", "accuracy", "loss", "params",
-              "cost_state_bytes", "prefill_tokens_per_s")
+TABLE_KEYS = ("rank", "candidate_id", "label", "generation", "fidelity", "n_seeds", "accuracy", "accuracy_std", "loss",
+              "params", "cost_state_bytes", "prefill_tokens_per_s", "decode_tokens_per_s")
 
 
 def emit(
@@ -199,35 +199,44 @@ def campaign_show(store: Store, name: str | None, fmt: str | OutputFormat = Outp
         ("updated", info.updated_at.isoformat(timespec="seconds")),
         ("finished", info.finished_at.isoformat(timespec="seconds") if info.finished_at else None),
         ("candidates", info.n_candidates),
-        ("evaluations", f"{info.n_evaluations} (queued {info.n_queued}, running {info.n_running}, done {info.n_done}, failed {info.n_failed})"),
+        ("evaluations", f"{info.n_evaluations} (queued {info.n_queued}, running {info.n_running}, done {info.n_done}, "
+                        f"failed {info.n_failed}, invalid {info.n_invalid})"),
         ("objective", f"{info.metric} ({info.direction})"),
         ("best", _best_text(info)),
+        ("winner", store.winner(info.id, info.metric, info.direction)["text"] if info.best is not None else None),
+        ("controller", info.lease_owner or "none running"),
+        ("stop requested", info.stop_requested),
     ]:
         table.add_row(k, _cell(v))
     _console().print(table)
     if info.best is not None:  # the objective metric has been recorded
         top = store.leaderboard(info.id, metric=info.metric, direction=info.direction, limit=5)
-        emit(top, fmt, title=f"top {len(top)} by {info.metric}", table_columns=(*TABLE_KEYS[:6], info.metric, *TABLE_KEYS[6:]))
+        emit(top, fmt, title=f"top {len(top)} by {info.metric}", table_columns=(*TABLE_KEYS[:6], info.metric, f"{info.metric}_std", *TABLE_KEYS[6:]))
 
 
 def print_leaderboard(
     store: Store,
     campaign: str | None,
     *,
-    metric: str = "accuracy",
-    direction: str = "maximize",
+    metric: str | None = None,
+    direction: str | None = None,
     limit: int | None = None,
     fmt: str | OutputFormat = OutputFormat.table,
     task: str | None = None,
     all_columns: bool = False,
 ) -> None:
-    """The leaderboard of a campaign (the most recent when None) in `fmt`; bad input is exit 2."""
+    """The leaderboard of a campaign (the most recent when None) in `fmt`; bad input is exit 2.
+
+    `metric`/`direction` default to the campaign's first objective."""
     fmt = check_format(fmt)
+    info = resolve_campaign(store, campaign)
+    default_metric, default_direction = primary_objective(info.config)
+    if metric is None:
+        metric, direction = default_metric, direction or default_direction
     try:
-        direction = normalize_direction(direction)
+        direction = normalize_direction(direction or "maximize")
     except ValueError:
         raise typer.BadParameter(f"{direction!r} is not one of maximize, minimize, max, min", param_hint="'--direction'") from None
-    info = resolve_campaign(store, campaign)
     try:
         rows = store.leaderboard(info.id, metric=metric, direction=direction, limit=limit, task=task)
     except ValueError as e:
@@ -237,7 +246,7 @@ def print_leaderboard(
         fmt,
         title=f"{info.name}: leaderboard by {metric} ({direction})",
         columns=ROW_KEYS,
-        table_columns=None if all_columns else (*TABLE_KEYS[:6], metric, *TABLE_KEYS[6:]),
+        table_columns=None if all_columns else (*TABLE_KEYS[:6], metric, f"{metric}_std", *TABLE_KEYS[6:]),
     )
 
 
@@ -247,8 +256,8 @@ def print_leaderboard(
 @query_app.command("leaderboard")
 def leaderboard_cmd(
     campaign: CampaignArgument = None,
-    metric: Annotated[str, typer.Option("--metric", "-m", help="metric to rank by")] = "accuracy",
-    direction: Annotated[str, typer.Option("--direction", "-d", help="maximize or minimize (max, min)")] = "maximize",
+    metric: Annotated[str | None, typer.Option("--metric", "-m", help="metric to rank by [default: the campaign's first objective]")] = None,
+    direction: Annotated[str | None, typer.Option("--direction", "-d", help="maximize or minimize (max, min) [default: the objective's, else maximize]")] = None,
     limit: Annotated[int | None, typer.Option("--limit", "-n", min=1, help="show only the top N")] = None,
     task: Annotated[str | None, typer.Option("--task", help="only evaluations of this task")] = None,
     fmt: FormatOption = OutputFormat.table,
@@ -283,12 +292,12 @@ def pareto_cmd(
     fmt: FormatOption = OutputFormat.table,
     store_url: StoreOption = None,
 ) -> None:
-    """The non-dominated candidates under one or more objectives (repeat --objective)."""
-    if not objective:
-        raise typer.BadParameter("give at least one, e.g. --objective accuracy:max --objective cost_state_bytes:min", param_hint="'--objective'")
-    objs = [parse_objective(o) for o in objective]
+    """The non-dominated candidates under one or more objectives (repeat --objective; default: the campaign's objectives)."""
+    objs = [parse_objective(o) for o in objective or ()]
     with open_store(store_url) as store:
         info = resolve_campaign(store, campaign)
+        if not objs:
+            objs = campaign_objectives(info.config)
         try:
             rows = store.pareto(info.id, objs, task=task)
         except ValueError as e:

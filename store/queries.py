@@ -78,6 +78,21 @@ def _std_metrics(runs: Sequence[dict[str, Any]]) -> dict[str, float]:
     return out
 
 
+def campaign_objectives(config: Any) -> list[tuple[str, str]]:
+    """Every (metric, direction) of a campaign's stored config, the primary first."""
+    objectives = config.get("objectives") if isinstance(config, Mapping) else None
+    if not (isinstance(objectives, list) and objectives):
+        return [primary_objective(config)]
+    out = []
+    for o in objectives:
+        if isinstance(o, Mapping) and isinstance(o.get("metric"), str):
+            try:
+                out.append((o["metric"], normalize_direction(o.get("direction", "maximize"))))
+            except ValueError:
+                continue
+    return out or [primary_objective(config)]
+
+
 def primary_objective(config: Any) -> tuple[str, str]:
     """(metric, direction) of a campaign's first objective, read from its stored config."""
     metric, direction = "accuracy", "maximize"

@@ -36,7 +36,13 @@ def test_overrides_replace_the_name() -> None:
         ({"name": "x", "serach": {}}, "serach: unknown field"),
         ({"name": "x", "search": {"budget": 0}}, "search.budget"),
         ({"name": "x", "execution": {"executor": "slurm"}}, "execution.executor"),
-        ({"name": "x", "objective": {"direction": "up"}}, "objective.direction"),
+        ({"name": "x", "objective": {"direction": "up"}}, "objectives[0].direction"),
+        ({"name": "x", "objective": {}, "objectives": []}, "either objective or objectives"),
+        ({"name": "x", "constraints": [{"metric": "cost_params"}]}, "give min, max or both"),
+        ({"name": "x", "constraints": [{"metric": "cost_params", "min": 5, "max": 1}]}, "min 5.0 > max 1.0"),
+        ({"name": "x", "execution": {"executor": "replay"}}, "replay_table: required"),
+        ({"name": "x", "search": {"strategy": "tpe", "successive_halving": {"eta": 1}}}, "search.successive_halving.eta"),
+        ({"name": "x", "search": {"reevaluate": {"top_k": 0}}}, "search.reevaluate.top_k"),
         ({"name": "x", "task": {"name": "mqar", "vocab_size": 8, "seq_len": 64, "num_kv_pairs": 8}}, "task.vocab_size"),
         ({"name": "x", "task": {"name": "nope"}}, "task.name"),
         ({"name": "../etc"}, "name"),
@@ -66,7 +72,30 @@ def test_objective_metric_must_be_recorded() -> None:
         parse_campaign({"name": "x", "objective": {"metric": "accuraccy"},
                         "task": {"name": "mqar", "vocab_size": 64, "seq_len": 64, "num_kv_pairs": 4}})
     (line,) = info.value.problems
-    assert line.startswith("objective.metric") and "accuracy" in line
+    assert line.startswith("objectives[0].metric") and "accuracy" in line
+    with pytest.raises(CampaignFileError) as info:
+        parse_campaign({"name": "x", "constraints": [{"metric": "cost_parms", "max": 1}],
+                        "task": {"name": "mqar", "vocab_size": 64, "seq_len": 64, "num_kv_pairs": 4}})
+    (line,) = info.value.problems
+    assert line.startswith("constraints[0].metric") and "cost_params" in line
+
+
+def test_several_objectives_and_bounds() -> None:
+    c = parse_campaign({
+        "name": "x",
+        "task": {"name": "mqar", "vocab_size": 64, "seq_len": 64, "num_kv_pairs": 4},
+        "objectives": [{"metric": "accuracy"}, {"metric": "cost_state_bytes", "direction": "minimize"}],
+        "constraints": [{"metric": "cost_params", "max": 1e6}, {"metric": "accuracy", "min": 0.5}],
+    })
+    assert c.file.objective.metric == "accuracy"
+    assert [(o.metric, o.direction) for o in c.file.objectives] == [("accuracy", "maximize"), ("cost_state_bytes", "minimize")]
+    low, high = c.file.constraints
+    assert high.violation(0.4) == "accuracy 0.4 < min 0.5" and high.violation(0.7) is None
+    assert low.violation(2e6) == "cost_params 2e+06 > max 1e+06" and low.violation(None) == "cost_params is missing"
+    # The single-objective shorthand stores as the list form, so a stored config round-trips.
+    one = parse_campaign({"name": "y", "objective": {"metric": "loss", "direction": "minimize"}})
+    assert one.config()["objectives"] == [{"metric": "loss", "direction": "minimize"}]
+    assert parse_campaign(one.config()).file == one.file
 
 
 def test_every_combination_of_model_genes_is_checked() -> None:

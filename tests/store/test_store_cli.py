@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from hybridnas.store import Store
 from hybridnas.store.cli import campaign_list, campaign_show, print_leaderboard, query_app
-from hybridnas.store.queries import ROW_KEYS
+from hybridnas.store.queries import ROW_KEYS, campaign_objectives
 
 runner = CliRunner()
 
@@ -96,6 +96,16 @@ def test_lineage_formats(populated) -> None:
     assert res.stdout.strip() == "child_id,parent_id,operator,depth"  # no parents: the header alone
 
 
+def test_pareto_defaults_to_the_campaign_objectives(populated) -> None:
+    url, _ = populated
+    res = _invoke(["pareto", "second", "--store", url, "--format", "json"])
+    assert res.exit_code == 0, res.output
+    with Store.open(url) as store:
+        info = store.get_campaign("second")
+        expected = store.pareto(info.id, campaign_objectives(info.config))
+    assert [r["candidate_id"] for r in json.loads(res.stdout)] == [r["candidate_id"] for r in expected]
+
+
 @pytest.mark.parametrize(
     "args, hint, words",
     [
@@ -103,7 +113,6 @@ def test_lineage_formats(populated) -> None:
         (["leaderboard", "nope"], "CAMPAIGN", ["known campaigns: first, second"]),
         (["leaderboard", "--direction", "up"], "--direction", ["maximize", "minimize"]),
         (["leaderboard", "--metric", "acc"], "--metric", ["recorded: accuracy, cost_state_bytes, loss"]),
-        (["pareto"], "--objective", ["accuracy:max"]),
         (["pareto", "--objective", "accuracy"], "--objective", ["METRIC:DIRECTION"]),
         (["pareto", "--objective", "accuracy:best"], "--objective", ["max", "min"]),
         (["pareto", "nope", "--objective", "accuracy:max"], "CAMPAIGN", ["first, second"]),
