@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from hybridnas.report.cli import report_command
 from hybridnas.search.cli import campaign_app, export_command
 from hybridnas.space.cli import space_app
 from hybridnas.store.cli import query_app
@@ -17,6 +18,7 @@ app.add_typer(campaign_app, name="campaign")
 app.add_typer(query_app, name="query", help="Leaderboards, Pareto fronts and lineage from the store.")
 app.add_typer(space_app, name="space")
 app.command("export")(export_command)
+app.command("report")(report_command)
 
 
 def main() -> None:
