@@ -199,7 +199,7 @@ class Campaign:
 def parse_campaign(data: Any, source: str = "", **overrides: Any) -> Campaign:
     """Validate a campaign mapping (as loaded from YAML or from the store)."""
     from hybridnas.workers.evaluate import METRICS
-    from hybridnas.workers.tasks import make_task
+    from hybridnas.workers.suite import build_task
 
     if not isinstance(data, dict):
         raise CampaignFileError([f"the file must be a mapping of sections, got {type(data).__name__}"], source)
@@ -209,7 +209,7 @@ def parse_campaign(data: Any, source: str = "", **overrides: Any) -> Campaign:
     except ValidationError as e:
         raise CampaignFileError(format_validation_error(e), source) from None
     try:
-        task = make_task(dict(file.task))
+        task = build_task(dict(file.task))
     except (ValueError, TypeError) as e:
         msg = str(e)
         raise CampaignFileError([msg if msg.startswith("task") else f"task: {msg}"], source) from None
