@@ -14,16 +14,16 @@ import socket
 import time
 from abc import ABC, abstractmethod
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 
 from hybridnas.workers.evaluate import EvalRequest, EvalResult, evaluate
 
-EXECUTORS: tuple[str, ...] = ("inprocess", "ray")
+EXECUTORS: tuple[str, ...] = ("inprocess", "ray", "replay")
 # Spellings `make_executor` accepts for each kind.
-_ALIASES = {"inprocess": "inprocess", "in-process": "inprocess", "in_process": "inprocess", "ray": "ray"}
+_ALIASES = {"inprocess": "inprocess", "in-process": "inprocess", "in_process": "inprocess", "ray": "ray", "replay": "replay"}
 
 
 class Executor(ABC):
@@ -108,11 +108,22 @@ class _EvalActor:
         return evaluate(request)
 
 
-@dataclass
+@dataclass(frozen=True)
+class _Queued:
+    request: EvalRequest  # what to evaluate
+    deaths: int = 0  # workers that died while running it so far
+    first_started: float | None = None  # time.monotonic() of its first dispatch; None before it
+
+
+@dataclass(frozen=True)
 class _Running:
     actor: Any  # ray ActorHandle
-    request: EvalRequest
-    started: float  # time.monotonic() at dispatch
+    job: _Queued  # the request and its history of worker deaths
+    started: float  # time.monotonic() at this dispatch; its time limit counts from here
+
+    @property
+    def request(self) -> EvalRequest:
+        return self.job.request
 
 
 def _first_line(e: BaseException) -> str:
@@ -121,12 +132,18 @@ def _first_line(e: BaseException) -> str:
 
 
 class RayExecutor(Executor):
-    """One long-lived Ray actor per worker; a dead actor is reported and replaced.
+    """One long-lived Ray actor per worker; a dead actor is replaced and its request retried.
 
     Without `address`, starts an embedded local cluster (`workers * cpus_per_worker` CPUs) unless
     Ray is already initialized; with it, joins that cluster. `close` shuts Ray down only if this
-    executor started it. An actor still busy `kill_grace_s` after its request's `timeout_s` is
-    killed (its trainer checks the limit itself; this catches a hang inside a kernel).
+    executor started it.
+
+    A worker process that dies mid-evaluation (killed, segfault, node lost) says nothing about the
+    candidate, so its request goes back to the head of the queue for a fresh actor, up to
+    `max_retries` times; then it fails with "worker died N times; last error: ...". An actor still
+    busy `kill_grace_s` after its request's `timeout_s` is killed and its request failed, not retried:
+    a hang inside a kernel would hang again (its trainer checks the limit itself; this catches the
+    rest). An evaluation that raises is already a failed result from `evaluate`, never retried.
     """
 
     def __init__(
@@ -136,11 +153,14 @@ class RayExecutor(Executor):
         cpus_per_worker: int = 1,
         gpus_per_worker: float = 0.0,
         kill_grace_s: float = 60.0,
+        max_retries: int = 2,
     ) -> None:
         import ray
 
         _check_counts(workers, cpus_per_worker, gpus_per_worker)
+        _check_max_retries(max_retries)
         self.capacity = workers
+        self.max_retries = max_retries  # re-runs of a request after its worker died
         self._cpus = cpus_per_worker
         self._kill_grace_s = kill_grace_s
         self._started_ray = False
@@ -157,7 +177,7 @@ class RayExecutor(Executor):
         self._actor_cls = ray.remote(**options)(_EvalActor)
         self._info: dict[Any, Any] = {}  # actor -> ObjectRef of its (hostname, pid), asked at start
         self._idle: list[Any] = [self._new_actor() for _ in range(workers)]
-        self._queue: deque[EvalRequest] = deque()
+        self._queue: deque[_Queued] = deque()
         self._running: dict[Any, _Running] = {}  # ObjectRef -> what it is running
         self._closed = False
 
@@ -202,11 +222,15 @@ class RayExecutor(Executor):
     def _dispatch(self) -> None:
         while self._idle and self._queue:
             actor = self._idle.pop()
-            request = self._queue.popleft()
-            ref = actor.run.remote(request)
-            self._running[ref] = _Running(actor, request, time.monotonic())
+            job = self._queue.popleft()
+            now = time.monotonic()
+            if job.first_started is None:
+                job = replace(job, first_started=now)
+            ref = actor.run.remote(job.request)
+            self._running[ref] = _Running(actor, job, now)
 
     def _failed(self, run: _Running, error: str) -> EvalResult:
+        started = run.started if run.job.first_started is None else run.job.first_started
         return EvalResult(
             evaluation_id=run.request.evaluation_id,
             status="failed",
@@ -214,25 +238,32 @@ class RayExecutor(Executor):
             error=error,
             host=self._host_of(run.actor),
             device="unknown",
-            wall_time_s=time.monotonic() - run.started,
+            wall_time_s=time.monotonic() - started,  # every attempt, from the first dispatch
         )
 
     # -- interface ------------------------------------------------------------------------------
     def submit(self, request: EvalRequest) -> None:
         if self._closed:
             raise RuntimeError("submit: the executor is closed")
-        self._queue.append(request)
+        self._queue.append(_Queued(request))
         self._dispatch()
 
-    def _collect(self, ref: Any) -> EvalResult:
+    def _collect(self, ref: Any) -> EvalResult | None:
+        """The result behind `ref`, or None when its worker died and the request was queued again."""
         import ray
-        from ray.exceptions import RayActorError
+        from ray.exceptions import RayActorError, WorkerCrashedError
 
         run = self._running.pop(ref)
         try:
             result = ray.get(ref)
-        except RayActorError as e:
-            failed = self._failed(run, f"worker died: {_first_line(e)}")
+        except (RayActorError, WorkerCrashedError) as e:  # ActorDiedError is a RayActorError
+            deaths = run.job.deaths + 1
+            failed = None
+            if deaths > self.max_retries:
+                times = "time" if deaths == 1 else "times"
+                failed = self._failed(run, f"worker died {deaths} {times}; last error: {_first_line(e)}")
+            else:  # first in line: it was dispatched before anything still queued
+                self._queue.appendleft(replace(run.job, deaths=deaths))
             self._replace(run.actor)
             return failed
         except Exception as e:  # noqa: BLE001 - e.g. a result that could not be deserialized
@@ -275,7 +306,7 @@ class RayExecutor(Executor):
             ready, _ = ray.wait(refs, num_returns=1, timeout=wait_for)
             if ready:  # take everything finished by now, not just the first
                 ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
-            results.extend(self._collect(ref) for ref in ready)
+            results.extend(r for r in map(self._collect, ready) if r is not None)
             results.extend(self._kill_overdue())
             self._dispatch()
             if results or (end is not None and time.monotonic() >= end):
@@ -310,22 +341,38 @@ def _check_counts(workers: Any, cpus_per_worker: Any, gpus_per_worker: Any) -> N
         raise ValueError(f"gpus_per_worker: got {gpus_per_worker!r}, must be a number >= 0")
 
 
+def _check_max_retries(max_retries: Any) -> None:
+    if not isinstance(max_retries, int) or isinstance(max_retries, bool) or max_retries < 0:
+        raise ValueError(f"max_retries: got {max_retries!r}, must be an integer >= 0")
+
+
 def make_executor(
     kind: str,
     workers: int,
     address: str | None = None,
     cpus_per_worker: int = 1,
     gpus_per_worker: float = 0,
+    max_retries: int = 2,
+    replay_table: str | None = None,
 ) -> Executor:
-    """`kind` is "inprocess" or "ray"; `workers` is the number of evaluations run at once."""
+    """`kind` is "inprocess", "ray" or "replay"; `workers` is the number of evaluations run at once;
+    `max_retries` re-runs a request whose Ray worker died (in-process, no worker can die alone);
+    `replay_table` is the tabular benchmark a "replay" executor answers from."""
     canonical = _ALIASES.get(kind) if isinstance(kind, str) else None
     if canonical is None:
         raise ValueError(f"kind: got {kind!r}, allowed: {', '.join(EXECUTORS)}")
     _check_counts(workers, cpus_per_worker, gpus_per_worker)
+    _check_max_retries(max_retries)
     if canonical == "ray":
-        return RayExecutor(workers, address, cpus_per_worker, gpus_per_worker)
+        return RayExecutor(workers, address, cpus_per_worker, gpus_per_worker, max_retries=max_retries)
     if address is not None:
         raise ValueError(f"address: got {address!r}, only the ray executor joins a cluster")
+    if canonical == "replay":
+        if not replay_table:
+            raise ValueError("replay_table: required by the replay executor (a hybridbench table file)")
+        from hybridnas.workers.replay import ReplayExecutor
+
+        return ReplayExecutor(replay_table, capacity=workers)
     return InProcessExecutor(capacity=workers)
 
 

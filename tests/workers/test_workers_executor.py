@@ -3,7 +3,10 @@ from __future__ import annotations
 import os
 import re
 import signal
+import sys
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -83,19 +86,79 @@ def test_executor_contract_and_same_results_as_direct_evaluation(
         executor.submit(REQUESTS[0])
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time process `pid` has used so far (fields 14 and 15 of /proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()  # from field 3 on
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _kill_while_evaluating(ex: RayExecutor, busy_cpu_s: float = 0.3) -> int:
+    """SIGKILL the executor's only worker once it is busy with its request; returns its pid.
+
+    `worker_pids` returns once the actor has answered `info`, which runs before the request queued
+    behind it; an idle actor burns almost no CPU, so `busy_cpu_s` of CPU after that is the request
+    being evaluated (a fresh worker spends seconds on its first one: imports, codegen, training).
+    """
+    [pid] = ex.worker_pids()
+    start, give_up = _cpu_seconds(pid), time.monotonic() + 120
+    while _cpu_seconds(pid) - start < busy_cpu_s:
+        assert time.monotonic() < give_up, f"worker {pid} never started evaluating"
+        time.sleep(0.02)
+    os.kill(pid, signal.SIGKILL)
+    return pid
+
+
+def _await_replacement(ex: RayExecutor, dead_pid: int) -> None:
+    """Run `wait` until the executor has noticed `dead_pid` died and started a fresh worker."""
+    give_up = time.monotonic() + 120
+    while ex.worker_pids() == [dead_pid]:
+        assert time.monotonic() < give_up, f"worker {dead_pid} was never replaced"
+        assert ex.wait(timeout=0.2) == [], "the request came back instead of being retried"
+
+
+needs_proc = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/PID/stat")
+
+
 @pytest.mark.ray
-def test_ray_worker_that_dies_is_reported_and_replaced(ray_cluster: None) -> None:
+@pytest.mark.slow
+@needs_proc
+def test_ray_worker_killed_mid_evaluation_is_retried_on_a_fresh_worker(
+    ray_cluster: None, reference: dict[int, EvalResult]
+) -> None:
     ex = RayExecutor(workers=1)
     try:
-        [pid] = ex.worker_pids()
-        ex.submit(_request(10, steps=1_000_000))  # long enough to be running when killed
-        os.kill(pid, signal.SIGKILL)
-        [died] = ex.wait(timeout=120)
-        assert died.evaluation_id == 10 and died.status == "failed"
-        assert died.error.startswith("worker died: "), died.error
+        assert ex.max_retries == 2
+        ex.submit(REQUESTS[0])
+        killed = _kill_while_evaluating(ex)
+        [ok] = ex.wait(timeout=120)
+        assert ok.evaluation_id == 0 and ok.status == "done", ok.error
+        for key in ("accuracy", "loss", "train_loss"):  # the retry is a clean run of the same request
+            assert ok.metrics[key] == reference[0].metrics[key], key
         assert ex.in_flight == 0
-        [new_pid] = ex.worker_pids()
-        assert new_pid != pid
+        [pid] = ex.worker_pids()
+        assert pid != killed
+    finally:
+        ex.close()
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+@needs_proc
+def test_ray_request_whose_worker_always_dies_fails_after_its_retries(ray_cluster: None) -> None:
+    ex = make_executor("ray", workers=1, max_retries=1)
+    assert isinstance(ex, RayExecutor)
+    try:
+        ex.submit(_request(10))
+        killed = [_kill_while_evaluating(ex)]
+        _await_replacement(ex, killed[0])  # the first death is retried, not reported
+        killed.append(_kill_while_evaluating(ex))
+        [died] = ex.wait(timeout=120)
+        assert died.evaluation_id == 10 and died.status == "failed" and died.metrics == {}
+        assert re.match(r"worker died 2 times; last error: \S", died.error), died.error
+        assert len(set(killed)) == 2 and ex.in_flight == 0
+        # Capacity intact: a fresh worker in place of the dead one, and it evaluates.
+        [pid] = ex.worker_pids()
+        assert ex.capacity == 1 and pid not in killed
         ex.submit(_request(11))
         [ok] = ex.wait(timeout=120)
         assert ok.evaluation_id == 11 and ok.status == "done", ok.error
@@ -113,6 +176,7 @@ def test_ray_worker_past_its_timeout_is_killed(ray_cluster: None) -> None:
         [killed] = ex.wait(timeout=120)
         assert killed.status == "failed"
         assert re.match(r"time limit of 0.001s exceeded: worker killed after \d+s", killed.error), killed.error
+        assert ex.in_flight == 0  # a hung evaluation would hang again: not retried
         ex.submit(_request(21))
         [ok] = ex.wait(timeout=120)
         assert ok.status == "done", ok.error
@@ -138,6 +202,8 @@ def test_make_executor_validates_its_arguments() -> None:
         make_executor("ray", workers=1, cpus_per_worker=0)
     with pytest.raises(ValueError, match=r"^gpus_per_worker: "):
         make_executor("ray", workers=1, gpus_per_worker=-1)
+    with pytest.raises(ValueError, match=r"^max_retries: got -1, must be an integer >= 0$"):
+        make_executor("ray", workers=1, max_retries=-1)
     with pytest.raises(ValueError, match=r"^address: "):
         make_executor("inprocess", workers=1, address="ray://head:10001")
     assert isinstance(make_executor("in-process", workers=1), InProcessExecutor)
