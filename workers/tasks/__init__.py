@@ -3,17 +3,26 @@
 Every task is a frozen config plus `generate(seed) -> TaskData`. Inputs are token ids `[N, T]`;
 targets are `[N, T]` with -100 wherever no loss is taken, so one trainer serves every task.
 A task is built from a plain dict (the `task:` block of a campaign file) by `make_task`.
+
+Tasks: `mqar` (Zoology), the six MAD tasks (`in_context_recall`, `fuzzy_in_context_recall`,
+`noisy_in_context_recall`, `selective_copying`, `compression`, `memorization`) and `byte_lm`.
+The helpers below (validation, distinct sampling, the train/test split) are shared by all of them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 from typing import Any, Protocol, runtime_checkable
 
+import numpy as np
 import torch
 
 #: Target value on positions that carry no loss (matches `F.cross_entropy(ignore_index=...)`).
 IGNORE_INDEX = -100
+
+_MAX_ROUNDS = 50  # sampling rounds before giving up on finding enough distinct examples
 
 
 class TaskConfigError(ValueError):
@@ -22,6 +31,7 @@ class TaskConfigError(ValueError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
+        self.message = message
 
 
 @dataclass(frozen=True)
@@ -51,11 +61,132 @@ class Task(Protocol):
     def to_dict(self) -> dict[str, Any]: ...
 
 
-# Imported after the shared types above: task modules import them from this package.
-from hybridnas.workers.tasks.mqar import MQARConfig, MQARTask, generate_mqar  # noqa: E402
+# --- shared helpers -----------------------------------------------------------------------------
+
+#: `sample(rng, n) -> (inputs, targets)`: n sequences, possibly repeating, both [n, T] int64.
+Sampler = Callable[[np.random.Generator, int], tuple[np.ndarray, np.ndarray]]
+
+
+def check_int(field: str, value: Any, lo: int, hi: int | None = None) -> None:
+    """Raise TaskConfigError(field) unless `value` is an int (not a bool) in [lo, hi]."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < lo or (hi is not None and value > hi):
+        bound = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+        raise TaskConfigError(field, f"got {value!r}, must be an integer {bound}")
+
+
+def check_bool(field: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise TaskConfigError(field, f"got {value!r}, must be true or false")
+
+
+def check_seed(seed: Any) -> None:
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed: got {seed!r}, must be an integer >= 0")
+
+
+def row_key(row: np.ndarray) -> bytes:
+    """A fixed-size fingerprint of one sequence (a 128-bit hash keeps dedup sets small for long rows)."""
+    return hashlib.blake2b(np.ascontiguousarray(row).tobytes(), digest_size=16).digest()
+
+
+def draw_distinct(
+    sample: Sampler, rng: np.random.Generator, count: int, exclude: set[bytes], field: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """`count` sequences, pairwise distinct and none in `exclude`, in sampling order.
+
+    Rows are compared by their inputs (every task's targets are a function of its inputs).
+    Raises TaskConfigError(field) when the task has too few distinct sequences.
+    """
+    seen = set(exclude)
+    parts: list[tuple[np.ndarray, np.ndarray]] = []
+    found = 0
+    for _ in range(_MAX_ROUNDS):
+        need = count - found
+        if need == 0:
+            break
+        inputs, targets = sample(rng, need + need // 8 + 8)  # a margin for duplicates
+        keep: list[int] = []
+        for i, row in enumerate(inputs):
+            key = row_key(row)
+            if key in seen:
+                continue
+            seen.add(key)
+            keep.append(i)
+            if len(keep) == need:
+                break
+        parts.append((inputs[keep], targets[keep]))
+        found += len(keep)
+    if found < count:
+        raise TaskConfigError(
+            field,
+            f"could only find {found} distinct sequences; make the task larger (vocab_size, seq_len) or lower {field}",
+        )
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def split_data(sample_train: Sampler, sample_test: Sampler, seed: int, num_train: int, num_test: int) -> TaskData:
+    """Train and test sets from two samplers; the same arguments give identical tensors.
+
+    The test set is drawn from its own random stream, so it does not change with `num_train`;
+    training sequences that also occur in the test set are dropped and replaced. The streams are
+    `default_rng([seed, 0])` (train) and `[seed, 1]` (test); a task needing more randomness per seed
+    (a fixed mapping, say) draws it from `[seed, 2]` on.
+    """
+    check_seed(seed)
+    test_in, test_tg = draw_distinct(sample_test, np.random.default_rng([seed, 1]), num_test, set(), "num_test")
+    test_rows = {row_key(row) for row in test_in}
+    train_rng = np.random.default_rng([seed, 0])
+    train_in, train_tg = draw_distinct(sample_train, train_rng, num_train, test_rows, "num_train")
+    assert test_rows.isdisjoint(row_key(row) for row in train_in), "train and test share an example"
+    return TaskData(
+        train_inputs=torch.from_numpy(train_in),
+        train_targets=torch.from_numpy(train_tg),
+        test_inputs=torch.from_numpy(test_in),
+        test_targets=torch.from_numpy(test_tg),
+    )
+
+
+def config_from_dict(config_type: type, task_name: str, d: dict[str, Any]) -> Any:
+    """Build `config_type(**d)`; an unknown key or a bad value raises TaskConfigError("task.<key>")."""
+    known = {f.name for f in fields(config_type)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise TaskConfigError(f"task.{unknown[0]}", f"unknown {task_name} option; allowed: {', '.join(sorted(known))}")
+    try:
+        return config_type(**d)
+    except TaskConfigError as e:
+        raise TaskConfigError(f"task.{e.field}", e.message) from None
+
+
+# Imported after the shared names above: task modules import them from this package.
+from hybridnas.workers.tasks.bytelm import ByteLMConfig, ByteLMTask, CorpusMismatchError  # noqa: E402
+from hybridnas.workers.tasks.mad import (  # noqa: E402
+    CompressionConfig,
+    CompressionTask,
+    FuzzyRecallConfig,
+    FuzzyRecallTask,
+    InContextRecallTask,
+    MemorizationConfig,
+    MemorizationTask,
+    NoisyRecallConfig,
+    NoisyRecallTask,
+    RecallConfig,
+    SelectiveCopyingConfig,
+    SelectiveCopyingTask,
+)
+from hybridnas.workers.tasks.mqar import MQAR_PRESETS, MQARConfig, MQARTask, generate_mqar  # noqa: E402
 
 #: Task name -> class with `from_dict(config) -> Task`.
-TASKS: dict[str, type] = {"mqar": MQARTask}
+TASKS: dict[str, type] = {
+    "mqar": MQARTask,
+    "in_context_recall": InContextRecallTask,
+    "fuzzy_in_context_recall": FuzzyRecallTask,
+    "noisy_in_context_recall": NoisyRecallTask,
+    "selective_copying": SelectiveCopyingTask,
+    "compression": CompressionTask,
+    "memorization": MemorizationTask,
+    "byte_lm": ByteLMTask,
+}
 
 
 def make_task(config: dict[str, Any]) -> Task:
@@ -65,18 +196,42 @@ def make_task(config: dict[str, Any]) -> Task:
     name = config.get("name")
     if name not in TASKS:
         raise TaskConfigError("task.name", f"got {name!r}, allowed: {', '.join(sorted(TASKS))}")
-    fields = {k: v for k, v in config.items() if k != "name"}
-    return TASKS[name].from_dict(fields)
+    fields_ = {k: v for k, v in config.items() if k != "name"}
+    return TASKS[name].from_dict(fields_)
 
 
 __all__ = [
     "IGNORE_INDEX",
+    "MQAR_PRESETS",
+    "TASKS",
+    "ByteLMConfig",
+    "ByteLMTask",
+    "CompressionConfig",
+    "CompressionTask",
+    "CorpusMismatchError",
+    "FuzzyRecallConfig",
+    "FuzzyRecallTask",
+    "InContextRecallTask",
     "MQARConfig",
     "MQARTask",
-    "TASKS",
+    "MemorizationConfig",
+    "MemorizationTask",
+    "NoisyRecallConfig",
+    "NoisyRecallTask",
+    "RecallConfig",
+    "Sampler",
+    "SelectiveCopyingConfig",
+    "SelectiveCopyingTask",
     "Task",
     "TaskConfigError",
     "TaskData",
+    "check_bool",
+    "check_int",
+    "check_seed",
+    "config_from_dict",
+    "draw_distinct",
     "generate_mqar",
     "make_task",
+    "row_key",
+    "split_data",
 ]

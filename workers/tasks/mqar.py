@@ -11,44 +11,85 @@ other target is IGNORE_INDEX. Keys and values come from disjoint parts of the vo
 
 Query offsets follow Zoology's power law p(g) ∝ g^(a-1) over the slots (a = `power_a`; small a
 puts most queries close to the context, a = 1 is uniform).
+
+`preset` fills the sizes of one of Zoology's MQAR settings (`MQAR_PRESETS`); fields given
+explicitly override it. The presets are the ICLR 2024 Zoology figure-2 sweep
+(zoology/experiments/paper_configs/iclr24_zoology_figure2/configs.py): vocabulary 8192,
+(seq_len, num_kv_pairs) in (64, 4), (128, 8), (256, 16), (512, 64), 100,000 training and
+3,000 test sequences, power_a 0.01. They are sized for a GPU; the defaults are for a CPU.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-import torch
 
-from hybridnas.workers.tasks import IGNORE_INDEX, TaskConfigError, TaskData
+from hybridnas.workers.tasks import IGNORE_INDEX, TaskConfigError, TaskData, check_int, config_from_dict, split_data
 
 PAD = 0  # the filler token between queries
-_MAX_ROUNDS = 50  # sampling rounds before giving up on finding enough distinct examples
+_SORT_POOL_MAX = 256  # pools up to this size draw subsets by sorting random keys; larger ones shuffle partially
+_SHUFFLE_CELLS = 1 << 22  # rows x pool cells per chunk of the partial shuffle (bounds its memory)
+
+#: The sizes every MQARConfig field takes when neither given nor set by a preset.
+MQAR_DEFAULTS: dict[str, Any] = {
+    "vocab_size": 64,
+    "seq_len": 64,
+    "num_kv_pairs": 4,
+    "num_train": 2_000,
+    "num_test": 200,
+    "power_a": 0.01,
+}
 
 
-def _check_int(name: str, value: Any, lo: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < lo:
-        raise TaskConfigError(name, f"got {value!r}, must be an integer >= {lo}")
+def _zoology(seq_len: int, num_kv_pairs: int) -> dict[str, Any]:
+    return {
+        "vocab_size": 8_192,
+        "seq_len": seq_len,
+        "num_kv_pairs": num_kv_pairs,
+        "num_train": 100_000,
+        "num_test": 3_000,
+        "power_a": 0.01,
+    }
+
+
+#: Preset name -> the field values it fills.
+MQAR_PRESETS: dict[str, dict[str, Any]] = {
+    "zoology-64": _zoology(64, 4),
+    "zoology-128": _zoology(128, 8),
+    "zoology-256": _zoology(256, 16),
+    "zoology-512": _zoology(512, 64),
+}
 
 
 @dataclass(frozen=True)
 class MQARConfig:
-    vocab_size: int = 64  # token ids in [0, vocab_size): pad 0, then keys, then values
-    seq_len: int = 64  # tokens per sequence: 2*num_kv_pairs context + the query region
-    num_kv_pairs: int = 4  # key-value pairs per sequence, each queried once
-    num_train: int = 2_000  # distinct training sequences
-    num_test: int = 200  # distinct test sequences, none of them in the training set
-    power_a: float = 0.01  # query-offset power law p(g) ∝ g^(a-1); 1.0 = uniform (Zoology uses 0.01)
+    """MQAR sizes. A size left as None comes from `preset`, else from MQAR_DEFAULTS (the value in
+    brackets below), so every size is an int once the config exists."""
+
+    vocab_size: int | None = None  # token ids in [0, vocab_size): pad 0, then keys, then values (64)
+    seq_len: int | None = None  # tokens per sequence: 2*num_kv_pairs context + the query region (64)
+    num_kv_pairs: int | None = None  # key-value pairs per sequence, each queried once (4)
+    num_train: int | None = None  # distinct training sequences (2000)
+    num_test: int | None = None  # distinct test sequences, none of them in the training set (200)
+    power_a: float | None = None  # query-offset power law p(g) ∝ g^(a-1); 1.0 = uniform (0.01, as Zoology)
+    preset: str | None = None  # a name in MQAR_PRESETS, or None for MQAR_DEFAULTS
 
     def __post_init__(self) -> None:
-        _check_int("num_kv_pairs", self.num_kv_pairs, 1)
+        if self.preset is not None and (not isinstance(self.preset, str) or self.preset not in MQAR_PRESETS):
+            raise TaskConfigError("preset", f"got {self.preset!r}, allowed: {', '.join(MQAR_PRESETS)}")
+        base = MQAR_PRESETS[self.preset] if self.preset is not None else MQAR_DEFAULTS
+        for name, value in base.items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
+        check_int("num_kv_pairs", self.num_kv_pairs, 1)
         # Key and value pools of at least 2*num_kv_pairs each, so a sequence never uses every key.
-        _check_int("vocab_size", self.vocab_size, 4 * self.num_kv_pairs + 1)
+        check_int("vocab_size", self.vocab_size, 4 * self.num_kv_pairs + 1)
         # Context (2 per pair) plus one query slot per pair, queries two tokens apart.
-        _check_int("seq_len", self.seq_len, 4 * self.num_kv_pairs)
-        _check_int("num_train", self.num_train, 1)
-        _check_int("num_test", self.num_test, 1)
+        check_int("seq_len", self.seq_len, 4 * self.num_kv_pairs)
+        check_int("num_train", self.num_train, 1)
+        check_int("num_test", self.num_test, 1)
         a = self.power_a
         if not isinstance(a, (int, float)) or isinstance(a, bool) or not 0 < a <= 1:
             raise TaskConfigError("power_a", f"got {a!r}, must be a number in (0, 1]")
@@ -70,7 +111,24 @@ class MQARConfig:
 
 def _random_subsets(rng: np.random.Generator, n: int, pool: int, k: int) -> np.ndarray:
     """`n` random ordered k-subsets of range(pool), without replacement within a row. [n, k]"""
-    return np.argsort(rng.random((n, pool)), axis=1, kind="stable")[:, :k]
+    if pool <= _SORT_POOL_MAX:
+        return np.argsort(rng.random((n, pool)), axis=1, kind="stable")[:, :k]
+    # Partial Fisher-Yates: k swaps per row instead of sorting `pool` keys (Zoology's vocab of
+    # 8192 with 100k rows would need ~1e9 keys), in row chunks so memory stays bounded.
+    u = rng.random((n, k))  # [n, k]
+    out = np.empty((n, k), dtype=np.int64)
+    rows = max(1, _SHUFFLE_CELLS // pool)
+    for lo in range(0, n, rows):
+        hi = min(n, lo + rows)
+        r = np.arange(hi - lo)
+        perm = np.tile(np.arange(pool, dtype=np.int64), (hi - lo, 1))  # [rows, pool]
+        for i in range(k):
+            j = i + (u[lo:hi, i] * (pool - i)).astype(np.int64)  # uniform in [i, pool)
+            picked = perm[r, j]
+            perm[r, j] = perm[r, i]
+            perm[r, i] = picked
+        out[lo:hi] = perm[:, :k]
+    return out
 
 
 def _sample(cfg: MQARConfig, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -96,52 +154,17 @@ def _sample(cfg: MQARConfig, rng: np.random.Generator, n: int) -> tuple[np.ndarr
     return inputs, targets
 
 
-def _distinct(
-    cfg: MQARConfig, rng: np.random.Generator, count: int, exclude: set[bytes], field: str
-) -> tuple[np.ndarray, np.ndarray]:
-    """`count` sequences, pairwise distinct and none in `exclude`, in sampling order."""
-    seen = set(exclude)
-    keep_in: list[np.ndarray] = []
-    keep_tg: list[np.ndarray] = []
-    for _ in range(_MAX_ROUNDS):
-        need = count - len(keep_in)
-        if need == 0:
-            break
-        inputs, targets = _sample(cfg, rng, need + need // 8 + 8)  # a margin for duplicates
-        for row_in, row_tg in zip(inputs, targets):
-            key = row_in.tobytes()  # targets are a function of the inputs
-            if key in seen:
-                continue
-            seen.add(key)
-            keep_in.append(row_in)
-            keep_tg.append(row_tg)
-            if len(keep_in) == count:
-                break
-    if len(keep_in) < count:
-        raise TaskConfigError(
-            field, f"could only find {len(keep_in)} distinct sequences; raise vocab_size or seq_len, or lower {field}"
-        )
-    return np.stack(keep_in), np.stack(keep_tg)
-
-
 def generate_mqar(cfg: MQARConfig, seed: int) -> TaskData:
     """Train and test sets for `cfg`; the same (cfg, seed) gives identical tensors.
 
     The test set is drawn from its own stream, so it does not change with `num_train`; training
     sequences that also occur in the test set are dropped and replaced.
     """
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise ValueError(f"seed: got {seed!r}, must be an integer >= 0")
-    test_in, test_tg = _distinct(cfg, np.random.default_rng([seed, 1]), cfg.num_test, set(), "num_test")
-    test_rows = {row.tobytes() for row in test_in}
-    train_in, train_tg = _distinct(cfg, np.random.default_rng([seed, 0]), cfg.num_train, test_rows, "num_train")
-    assert test_rows.isdisjoint(row.tobytes() for row in train_in), "train and test share an example"
-    return TaskData(
-        train_inputs=torch.from_numpy(train_in),
-        train_targets=torch.from_numpy(train_tg),
-        test_inputs=torch.from_numpy(test_in),
-        test_targets=torch.from_numpy(test_tg),
-    )
+
+    def sample(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+        return _sample(cfg, rng, n)
+
+    return split_data(sample, sample, seed, cfg.num_train, cfg.num_test)
 
 
 @dataclass(frozen=True)
@@ -153,14 +176,7 @@ class MQARTask:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MQARTask:
-        known = {f.name for f in fields(MQARConfig)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise TaskConfigError(f"task.{unknown[0]}", f"unknown mqar option; allowed: {', '.join(sorted(known))}")
-        try:
-            return cls(MQARConfig(**d))
-        except TaskConfigError as e:
-            raise TaskConfigError(f"task.{e.field}", str(e).split(": ", 1)[1]) from None
+        return cls(config_from_dict(MQARConfig, "mqar", d))
 
     @property
     def vocab_size(self) -> int:
@@ -174,7 +190,10 @@ class MQARTask:
         return generate_mqar(self.config, seed)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, **asdict(self.config)}
+        d = asdict(self.config)
+        if d["preset"] is None:
+            del d["preset"]  # the dict of a preset-free config is unchanged from before presets existed
+        return {"name": self.name, **d}
 
 
-__all__ = ["PAD", "MQARConfig", "MQARTask", "generate_mqar"]
+__all__ = ["MQAR_DEFAULTS", "MQAR_PRESETS", "PAD", "MQARConfig", "MQARTask", "generate_mqar"]
