@@ -74,8 +74,8 @@ class SearchSection(_Strict):
     budget: int = Field(default=16, ge=1)  # distinct designs to evaluate (promotions and extra seeds come on top)
     population: int = Field(default=8, ge=2)  # evolution: population size (oldest dies first); nsga2: generation size
     tournament: int = Field(default=3, ge=1)  # evolution: candidates per tournament
-    crossover_prob: float = Field(default=0.2, ge=0, le=1)  # evolution: chance a child has two parents
-    n_startup: int = Field(default=8, ge=1)  # tpe, gp: random designs before the model takes over
+    crossover_prob: float | None = Field(default=None, ge=0, le=1)  # evolution (0.2) and nsga2 (0.9): crossover chance
+    n_startup: int = Field(default=10, ge=0)  # tpe, gp: random designs before the model takes over
     successive_halving: SuccessiveHalvingSection | None = None  # multi-fidelity; off = every design at training.steps
     reevaluate: ReevaluateSection | None = None  # extra seeds for the final top-k; off = one seed each
 

@@ -492,6 +492,7 @@ class Controller:
         finally:
             done.set()
             beat.join()
+            self.strategy.close()
             self.store.release_lease(self.campaign_id, self.owner)
         runs = self._runs.values()
         return RunSummary(

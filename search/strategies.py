@@ -2,7 +2,9 @@
 
 A strategy proposes designs and observes their scores; it never touches the store or the executor.
 The controller rebuilds a strategy on resume by replaying every recorded observation in order, so a
-strategy's state must be a function of (seed, observations so far, proposals so far).
+strategy's state must be a function of (seed, observations so far, proposals so far). The Optuna
+strategies (search/optuna_strategy.py) also keep their study in the store's database, and a
+resumed one picks it up instead of telling the replayed observations again.
 """
 
 from __future__ import annotations
@@ -14,6 +16,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hybridnas.space import ArchSpec, SearchSpace
+
+__all__ = [
+    "STRATEGIES",
+    "GridSearch",
+    "Observation",
+    "Proposal",
+    "RandomSearch",
+    "RegularizedEvolution",
+    "Strategy",
+    "make_strategy",
+]
 
 
 @dataclass(frozen=True)
@@ -77,6 +90,9 @@ class Strategy(ABC):
 
     def discard(self, proposal: Proposal, reason: str, known: Observation | None = None) -> None:
         """The controller refused the proposal (most strategies need not care)."""
+
+    def close(self) -> None:
+        """Release what the strategy holds (a database connection); the campaign is done with it."""
 
 
 class RandomSearch(Strategy):
@@ -153,7 +169,57 @@ class RegularizedEvolution(Strategy):
             self.population.popleft()
 
 
-STRATEGIES: dict[str, type[Strategy]] = {"random": RandomSearch, "evolution": RegularizedEvolution}
+class GridSearch(Strategy):
+    """Every design of the space once, in `SearchSpace.designs()` order.
+
+    Designs already observed are skipped, so a grid rebuilt on resume (which replays the recorded
+    observations) goes on where the original stopped; designs that were in flight come again and the
+    controller skips them as known. Once every design has been proposed, `propose` keeps returning the
+    last one: the controller already has it, counts the duplicates and reports the search exhausted.
+    The seed plays no part. Spaces with more than 100,000 gene combinations are refused.
+    """
+
+    name = "grid"
+
+    def __init__(self, space: SearchSpace, seed: int, directions: tuple[str, ...] = ("maximize",)) -> None:
+        super().__init__(space, seed, directions)
+        try:
+            self.designs = space.designs()
+        except ValueError as e:
+            raise ValueError(f"search.strategy: grid cannot enumerate this space ({e}); use random, evolution, tpe, nsga2 or gp") from None
+        self.position = 0  # index of the next design to consider
+        self._seen: set[str] = set()  # hashes of observed designs
+
+    def propose(self, n: int) -> list[Proposal]:
+        out = []
+        for _ in range(n):
+            while self.position < len(self.designs) and self.designs[self.position].spec_hash in self._seen:
+                self.position += 1
+            if self.position < len(self.designs):
+                out.append(Proposal(self.designs[self.position]))
+                self.position += 1
+            else:
+                out.append(Proposal(self.designs[-1]))
+        return out
+
+    def observe(self, observation: Observation) -> None:
+        self._seen.add(observation.spec.spec_hash)
+
+
+#: Every name `make_strategy` accepts, and what it does.
+STRATEGIES: dict[str, str] = {
+    "random": "uniform samples from the space (the baseline)",
+    "evolution": "regularized evolution: tournament selection, mutation, crossover, aging",
+    "grid": "every design of the space once, in a fixed order",
+    "tpe": "Optuna TPE sampler (Tree-structured Parzen Estimator)",
+    "nsga2": "Optuna NSGA-II sampler (genetic, multi-objective)",
+    "gp": "Optuna Gaussian-process sampler (Bayesian optimization)",
+}
+
+
+def _setting(settings: dict[str, Any], key: str, default: Any) -> Any:
+    value = settings.get(key)
+    return default if value is None else value
 
 
 def make_strategy(
@@ -161,19 +227,48 @@ def make_strategy(
     space: SearchSpace,
     seed: int,
     directions: tuple[str, ...] = ("maximize",),
+    storage: str | None = None,
+    study_name: str | None = None,
     **settings: Any,
 ) -> Strategy:
-    """Build a strategy by name; `settings` are the campaign's search section minus strategy/budget
-    (each strategy takes the ones it knows and ignores the rest)."""
+    """Build a strategy by name.
+
+    `settings` are the campaign's search section; each strategy takes the ones it knows and ignores
+    the rest (a missing or None setting takes the default):
+      population      evolution: population size; nsga2: generation size (the first one is random) [8]
+      tournament      evolution: candidates per tournament [3]
+      crossover_prob  evolution and nsga2: chance a child comes from two parents [0.2; nsga2 0.9]
+      n_startup       tpe and gp: random trials before the model takes over [10]
+      load_if_exists  tpe, nsga2, gp: continue the study `study_name` in `storage` if it exists [True]
+    `storage` (an SQLAlchemy URL, normally the store's) and `study_name` are used by tpe, nsga2, gp.
+    """
     if name not in STRATEGIES:
         raise ValueError(f"search.strategy: {name!r} is not allowed; allowed: {', '.join(STRATEGIES)}")
+    directions = tuple(directions)
     if name == "random":
         return RandomSearch(space, seed, directions)
-    return RegularizedEvolution(
+    if name == "grid":
+        return GridSearch(space, seed, directions)
+    if name == "evolution":
+        return RegularizedEvolution(
+            space,
+            seed,
+            population=_setting(settings, "population", 8),
+            tournament=_setting(settings, "tournament", 3),
+            crossover_prob=_setting(settings, "crossover_prob", 0.2),
+            directions=directions,
+        )
+    from hybridnas.search.optuna_strategy import OptunaStrategy  # optuna is imported only when used
+
+    return OptunaStrategy(
         space,
         seed,
-        population=settings.get("population", 8),
-        tournament=settings.get("tournament", 3),
-        crossover_prob=settings.get("crossover_prob", 0.2),
-        directions=directions,
+        directions,
+        sampler=name,
+        storage=storage,
+        study_name=study_name,
+        load_if_exists=_setting(settings, "load_if_exists", True),
+        n_startup=_setting(settings, "n_startup", 10),
+        population=_setting(settings, "population", 8),
+        crossover_prob=_setting(settings, "crossover_prob", 0.9),
     )

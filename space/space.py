@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import random
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Literal, Union
 
@@ -35,6 +36,8 @@ from hybridnas.space.spec import (
 )
 
 Choice = Union[int, float, str, bool]
+#: Genes every layer of a per-layer space picks for itself (parameters `layer{i}.mixer`, ...).
+LAYER_GENES: tuple[str, ...] = ("mixer", "gate", "short_conv")
 
 
 def _choices(name: str, values: list[Any], allowed: tuple[Any, ...] | None = None) -> list[Any]:
@@ -212,6 +215,14 @@ class SpaceFile(_Strict):
         return space
 
 
+def _match(name: str, value: Any, choices: tuple[Any, ...]) -> Any:
+    """The choice equal to `value` (True is not 1 here), or ValueError naming the gene and its choices."""
+    for c in choices:
+        if c == value and isinstance(c, bool) == isinstance(value, bool):
+            return c
+    raise ValueError(f"{name}: {value!r} is not allowed; allowed: {', '.join(map(repr, choices))}")
+
+
 # --- the internal form ---------------------------------------------------------------------------
 
 
@@ -293,6 +304,70 @@ class SearchSpace:
                 raise ValueError("spec has no hybrid genes but the space is hybrid")
             values |= {f"hybrid.{k}": getattr(spec.hybrid, k) for k in HybridChoices.model_fields}
         return values, layer_genes
+
+    # -- genes as flat parameters (define-by-run samplers such as Optuna) -----------------------
+    def _model_params(self) -> list[tuple[str, tuple[Choice, ...]]]:
+        return [(name, choices) for name, choices in self.genes if not name.startswith("layer.")]
+
+    def _layer_params(self, i: int) -> list[tuple[str, tuple[Choice, ...]]]:
+        return [(f"layer{i}.{k}", self.choices(f"layer.{k}")) for k in LAYER_GENES]
+
+    def param_choices(self, n_layers: int | None = None) -> list[tuple[str, tuple[Choice, ...]]]:
+        """Every parameter of a design with `n_layers` layers and its choices, in the order `suggest` asks.
+
+        Model genes come first, named as in `genes` (`d_model`, ..., `hybrid.ratio`, ...); a per-layer
+        space then has `layer{i}.mixer`, `layer{i}.gate`, `layer{i}.short_conv` for i < n_layers, so
+        those exist only for depths that reach them. n_layers None means the deepest allowed depth.
+        Every choice is an int, float, str or bool (what Optuna's categorical distribution takes).
+        """
+        out = self._model_params()
+        if self.mode == "layers":
+            depth = max(self.choices("n_layers")) if n_layers is None else n_layers
+            for i in range(depth):
+                out += self._layer_params(i)
+        return out
+
+    def suggest(self, pick: Callable[[str, tuple[Choice, ...]], Choice]) -> ArchSpec:
+        """Build a design from `pick(name, choices)`, called once per parameter in `param_choices` order.
+
+        Define-by-run: the per-layer parameters asked depend on the `n_layers` picked. With Optuna,
+        `space.suggest(trial.suggest_categorical)`. ValueError when a pick is not one of its choices.
+        """
+        values = {name: _match(name, pick(name, choices), choices) for name, choices in self._model_params()}
+        layer_genes = None
+        if self.mode == "layers":
+            layer_genes = []
+            for i in range(values["n_layers"]):
+                picked = [_match(name, pick(name, choices), choices) for name, choices in self._layer_params(i)]
+                layer_genes.append(dict(zip(LAYER_GENES, picked)))
+        return self._build(values, layer_genes)
+
+    def params_of(self, spec: ArchSpec) -> dict[str, Choice]:
+        """The parameters that build `spec` (inverse of `from_params`); ValueError if it is not in the space."""
+        if spec.vocab_size != self.vocab_size:
+            raise ValueError(f"vocab_size: {spec.vocab_size} is not the space's {self.vocab_size}")
+        values, layer_genes = self._values(spec)
+        params = {name: _match(name, values[name], choices) for name, choices in self._model_params()}
+        if self.mode == "layers":
+            for i, lg in enumerate(layer_genes):
+                for (name, choices), k in zip(self._layer_params(i), LAYER_GENES):
+                    params[name] = _match(name, lg[k], choices)
+        return params
+
+    def from_params(self, params: Mapping[str, Choice]) -> ArchSpec:
+        """The design the parameters describe; ValueError naming a missing, unknown or disallowed one."""
+        depth = params.get("n_layers")
+        allowed = {name for name, _ in self.param_choices(depth if depth in self.choices("n_layers") else 0)}
+        unknown = sorted(set(params) - allowed)
+        if unknown:
+            raise ValueError(f"{unknown[0]}: unknown parameter; allowed: {', '.join(sorted(allowed))}")
+
+        def pick(name: str, choices: tuple[Choice, ...]) -> Choice:
+            if name not in params:
+                raise ValueError(f"{name}: missing; allowed: {', '.join(map(repr, choices))}")
+            return params[name]
+
+        return self.suggest(pick)
 
     def contains(self, spec: ArchSpec) -> bool:
         try:

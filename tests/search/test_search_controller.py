@@ -315,3 +315,38 @@ def test_evolution_beats_random_on_the_formula(tmp_path: Path) -> None:
         s.close()
     top = lambda xs: sorted(xs, reverse=True)[:10]  # noqa: E731
     assert sum(top(results["evolution"])) >= sum(top(results["random"]))
+
+
+def test_optuna_study_lives_in_the_store_and_resumes(tmp_path: Path) -> None:
+    """NSGA-II on two objectives: its study sits in the campaign's SQLite file next to our tables, one
+    COMPLETE trial per candidate, and a crash + resume records what an uninterrupted run does."""
+    import optuna
+
+    c = campaign(10, "nsga2", search={"population": 4},
+                 objectives=[{"metric": "accuracy"}, {"metric": "cost_state_bytes", "direction": "minimize"}])
+    ref = Store.open(f"sqlite:///{tmp_path / 'ref.db'}")
+    rid = ref.create_campaign("formula", c.config(), 0)
+    Controller(ref, c, rid, FormulaExecutor(capacity=1)).run()
+    expected = history(ref, rid)
+    study = optuna.load_study(study_name="hybridnas.formula", storage=ref.url)
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert {t.user_attrs.get("hnas_candidate") for t in complete} >= {e.candidate_id for e in ref.evaluations(rid)}
+    assert all(len(t.values) == 2 for t in complete)
+    assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
+    ref.close()
+
+    st = Store.open(f"sqlite:///{tmp_path / 'crash.db'}")
+    cid = st.create_campaign("formula", c.config(), 0)
+    seen = {"n": 0}
+
+    def on_event(e: Event) -> None:
+        if e.kind == "done":
+            seen["n"] += 1
+            if seen["n"] == 5:
+                raise Crash
+
+    with pytest.raises(Crash):
+        Controller(st, c, cid, FormulaExecutor(capacity=1), on_event).run()
+    Controller(st, c, cid, FormulaExecutor(capacity=1)).run()
+    assert history(st, cid) == expected
+    st.close()
