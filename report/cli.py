@@ -8,6 +8,7 @@ error (exit 2) naming what was wrong.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated
 
@@ -30,6 +31,28 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
+_SECTION = re.compile(r'<section id="([\w-]+)"')
+_SVG = re.compile(r"<svg\b.*?</svg>", re.S)
+
+
+def extract_figures(html: str) -> dict[str, str]:
+    """Each plot of a rendered page as a standalone SVG file's text, named after its section
+    (`pareto-1.svg`, `by-ratio.svg`, ...), carrying the page's stylesheet so it looks the same."""
+    style = re.search(r"<style>(.*?)</style>", html, re.S)
+    css = style.group(1) if style else ""
+    sections = [(m.start(), m.group(1)) for m in _SECTION.finditer(html)]
+    counts: dict[str, int] = {}
+    out: dict[str, str] = {}
+    for m in _SVG.finditer(html):
+        section = max((sec for sec in sections if sec[0] < m.start()), default=(0, "figure"))[1]
+        counts[section] = counts.get(section, 0) + 1
+        svg = m.group(0).replace("<svg ", '<svg xmlns="http://www.w3.org/2000/svg" ', 1)
+        head_end = svg.index(">") + 1
+        svg = svg[:head_end] + f"<style>{css}</style>" + svg[head_end:]
+        out[f"{section}-{counts[section]}"] = '<?xml version="1.0" encoding="utf-8"?>\n' + svg + "\n"
+    return out
+
+
 def report_command(
     campaign: CampaignArgument = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="HTML file to write", dir_okay=False)] = Path("report.html"),
@@ -37,6 +60,7 @@ def report_command(
     metric: Annotated[str | None, typer.Option("--metric", "-m", help="rank by this metric (default: the campaign's objective)", show_default=False)] = None,
     direction: Annotated[str | None, typer.Option("--direction", "-d", help="maximize or minimize, or max, min (default: the objective's)", show_default=False)] = None,
     task: Annotated[str | None, typer.Option("--task", help="only evaluations of this task")] = None,
+    figures: Annotated[Path | None, typer.Option("--figures", help="also write each plot as a standalone SVG into this folder", file_okay=False)] = None,
 ) -> None:
     """Write a self-contained HTML report of a campaign: leaderboard, winner, Pareto fronts, lineage, failures."""
     with open_store(store_url) as store:
@@ -49,8 +73,11 @@ def report_command(
             raise typer.BadParameter(str(e), param_hint=hint) from None
         html = render_html(data)
     write_atomic(out, html)
+    if figures is not None:
+        for name, text in extract_figures(html).items():
+            write_atomic(figures / f"{name}.svg", text)
     typer.echo(f"wrote {out} ({len(html.encode()) / 1024:.0f} KiB): campaign {info.name}, {len(data.entries)} scored candidates, "
                f"{data.counts['failed']} failed, {data.counts['invalid']} invalid")
 
 
-__all__ = ["report_command", "write_atomic"]
+__all__ = ["extract_figures", "report_command", "write_atomic"]

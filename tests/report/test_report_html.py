@@ -262,3 +262,21 @@ def test_without_measurements(record_campaign: Any, tmp_path: Path) -> None:
     assert "latency not measured" in html and "no measured hardware figures" in html and "tok/s" not in html
     assert "Leaderboard by loss (minimize)" in html and html.count("<svg") == 5
     assert not EXTERNAL.search(html)
+
+
+def test_figures_are_standalone_svg_files(recorded: Any, tmp_path: Path) -> None:
+    """--figures writes every plot of the page as its own SVG: well-formed XML, styled, nothing external."""
+    import xml.etree.ElementTree as ET
+
+    out, figs = tmp_path / "r.html", tmp_path / "figs"
+    res = invoke(recorded.name, "--store", str(recorded.path), "--out", str(out), "--figures", str(figs))
+    assert res.exit_code == 0, res.output
+    files = sorted(p.name for p in figs.glob("*.svg"))
+    assert len(files) == out.read_text(encoding="utf-8").count("<svg")
+    assert {"pareto-1.svg", "pareto-2.svg", "lineage-1.svg", "by-ratio-1.svg", "by-mixer-1.svg"} <= set(files)
+    for name in files:
+        text = (figs / name).read_text(encoding="utf-8")
+        root = ET.fromstring(text)  # raises on malformed XML
+        assert root.tag == "{http://www.w3.org/2000/svg}svg"
+        assert root.find("{http://www.w3.org/2000/svg}style") is not None
+        assert not EXTERNAL.search(text.replace('xmlns="http://www.w3.org/2000/svg"', "")), name  # the namespace is a name, not a fetch
