@@ -144,6 +144,8 @@ METRICS: tuple[str, ...] = (
     "train_tokens_per_s",  # training throughput on this device (a suite: all tokens / all training time)
     "prefill_tokens_per_s",  # no-grad forward throughput at measure.context_len, measure.batch_size
     "decode_tokens_per_s",  # one token per step through the cache, after a measure.prompt_len prefill
+    "prefill_latency_ms",  # one prefill of measure.batch_size x measure.context_len tokens
+    "decode_latency_ms",  # one decode step of measure.batch_size sequences
     "prefill_peak_memory_bytes",  # weights + peak extra bytes of one prefill forward (CPU and CUDA)
     "peak_memory_bytes",  # CUDA only: peak bytes allocated while training (the largest over suite members)
     "cost_params",  # analytic cost model at measure.context_len: parameters,

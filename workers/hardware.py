@@ -252,7 +252,8 @@ def measure_peak_memory(model: nn.Module, vocab_size: int, seq_len: int, batch_s
 
 def measure_hardware(model: nn.Module, vocab_size: int, cfg: MeasureConfig) -> dict[str, float]:
     """Every measured hardware metric of `model` on its own device, as recorded with an evaluation:
-    prefill_tokens_per_s, decode_tokens_per_s and (CPU and CUDA) prefill_peak_memory_bytes."""
+    prefill_tokens_per_s, decode_tokens_per_s, their latencies (prefill_latency_ms, decode_latency_ms)
+    and (CPU and CUDA) prefill_peak_memory_bytes."""
     metrics = {
         "prefill_tokens_per_s": measure_prefill(
             model, vocab_size, cfg.context_len, batch_size=cfg.batch_size, repeats=cfg.repeats, warmup=cfg.warmup
@@ -267,6 +268,10 @@ def measure_hardware(model: nn.Module, vocab_size: int, cfg: MeasureConfig) -> d
             warmup=cfg.warmup,
         ),
     }
+    # Latencies, for objectives that read more naturally as "lower is better": one batch's prefill of
+    # context_len tokens, and one decode step of the batch.
+    metrics["prefill_latency_ms"] = 1000.0 * cfg.batch_size * cfg.context_len / metrics["prefill_tokens_per_s"]
+    metrics["decode_latency_ms"] = 1000.0 * cfg.batch_size / metrics["decode_tokens_per_s"]
     peak = measure_peak_memory(model, vocab_size, cfg.context_len, batch_size=cfg.batch_size)
     if peak is not None:
         metrics["prefill_peak_memory_bytes"] = float(peak)

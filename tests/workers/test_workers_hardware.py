@@ -110,8 +110,10 @@ def test_decode_needs_a_model_with_a_cache(tiny_lm: Callable[..., nn.Module]) ->
 def test_measure_hardware_on_cpu() -> None:
     cfg = MeasureConfig(context_len=16, batch_size=2, prompt_len=4, decode_tokens=2, repeats=1, warmup=0)
     m = measure_hardware(_model(), 11, cfg)
-    assert set(m) == {"prefill_tokens_per_s", "decode_tokens_per_s", "prefill_peak_memory_bytes"}
+    assert set(m) == {"prefill_tokens_per_s", "decode_tokens_per_s", "prefill_peak_memory_bytes", "prefill_latency_ms", "decode_latency_ms"}
     assert all(v > 0 and math.isfinite(v) for v in m.values())
+    assert m["decode_latency_ms"] == pytest.approx(1000 * 2 / m["decode_tokens_per_s"])
+    assert m["prefill_latency_ms"] == pytest.approx(1000 * 2 * 16 / m["prefill_tokens_per_s"])
     assert describe_device("cpu") == f"cpu ({torch.get_num_threads()} threads)"
 
 
@@ -120,7 +122,7 @@ def test_measure_hardware_on_cuda() -> None:
     model = _model().to("cuda")
     cfg = MeasureConfig(context_len=64, batch_size=2, prompt_len=4, decode_tokens=4, repeats=2)
     m = measure_hardware(model, 11, cfg)
-    assert set(m) == {"prefill_tokens_per_s", "decode_tokens_per_s", "prefill_peak_memory_bytes"}
+    assert set(m) == {"prefill_tokens_per_s", "decode_tokens_per_s", "prefill_peak_memory_bytes", "prefill_latency_ms", "decode_latency_ms"}
     assert m["prefill_peak_memory_bytes"] >= model_bytes(model) + 2 * 64 * 11 * 4
     assert describe_device("cuda").startswith("cuda: ")
 
