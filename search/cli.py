@@ -114,7 +114,7 @@ def _run(
     controller = Controller(store, campaign, campaign_id, executor, on_event, force=force)
 
     def on_signal(signum: int, frame: object) -> None:
-        if controller._stop.is_set():  # second signal: interrupt now
+        if controller.stopping:  # second signal: interrupt now
             raise KeyboardInterrupt
         err.print("\nstopping: in-flight evaluations are handed back; Ctrl-C again to interrupt at once")
         controller.request_stop()

@@ -426,6 +426,11 @@ class Controller:
         """End the run cleanly at the next chance (what a signal handler calls)."""
         self._stop.set()
 
+    @property
+    def stopping(self) -> bool:
+        """A stop was requested (here or through the store) and the run is winding down."""
+        return self._stop.is_set()
+
     def _heartbeat(self, done: threading.Event) -> None:
         while not done.wait(self.lease_ttl_s / 3):
             try:

@@ -112,3 +112,34 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path: Path, referenc
         after = {e.id: e for e in store.evaluations(info.id)}
         for eid, e in before.items():  # recorded results survived untouched
             assert after[eid].metrics == e.metrics and after[eid].finished_at == e.finished_at
+
+
+def test_campaign_stop_then_resume_equals_an_uninterrupted_run(tmp_path: Path, reference: list[tuple]) -> None:
+    """`campaign stop` from another process: the controller hands its work back and exits 0; resume finishes it."""
+    from typer.testing import CliRunner
+
+    from hybridnas.cli import app
+
+    db = tmp_path / "hnas.db"
+    url = f"sqlite:///{db}"
+    proc = hybridnas("campaign", "launch", str(write(tmp_path)), url=url, cwd=tmp_path)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None and count_done(url, db, "resume") < 1:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the campaign ended before it could be stopped; make it longer"
+    r = CliRunner().invoke(app, ["campaign", "stop", "resume", "--store", url, "--wait", "120"])
+    assert r.exit_code == 0, r.output
+    assert "stopped (stopped)" in r.output
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    with Store.open(url) as store:
+        info = store.get_campaign("resume")
+        assert info.status == "stopped" and info.lease_owner is None and info.stop_requested
+        assert not any(e.status == "running" for e in store.evaluations(info.id))
+    # Stopping a campaign that is not running says so and changes nothing.
+    r = CliRunner().invoke(app, ["campaign", "stop", "resume", "--store", url])
+    assert r.exit_code == 0 and "stopped already" in r.output
+    resumed = hybridnas("campaign", "resume", "resume", url=url, cwd=tmp_path)
+    _, stderr = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, stderr
+    assert history(url, "resume") == reference
