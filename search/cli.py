@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from hybridnas.search.campaign import Campaign, CampaignFileError, load_campaign, parse_campaign
-from hybridnas.search.controller import Controller, Event, RunSummary
+from hybridnas.search.controller import Controller, Event, LeaseLost, RunSummary
 from hybridnas.workers import EXECUTORS, Executor, make_executor
 from hybridnas.search.export import export_candidate
 from hybridnas.store import CampaignBusy, Store, StoreError
@@ -127,6 +127,9 @@ def _run(
             summary = controller.run()
     except CampaignBusy as e:
         fail(f"{e}; or take it over with `hybridnas campaign resume {campaign.name} --force`")
+        raise
+    except LeaseLost as e:  # the campaign is another controller's now: leave its status alone
+        fail(str(e), code=1)
         raise
     except KeyboardInterrupt:
         store.set_campaign_status(campaign_id, "stopped")

@@ -50,6 +50,10 @@ LEASE_TTL_S = 60.0
 POLL_S = 1.0
 
 
+class LeaseLost(RuntimeError):
+    """Another controller took the campaign over (`resume --force`); this one stopped and wrote nothing more."""
+
+
 @dataclass(frozen=True)
 class Event:
     """Progress notice for a UI: kind is submitted | done | failed | invalid | rejected | promoted |
@@ -170,7 +174,7 @@ class Controller:
         self._in_flight: dict[int, int] = {}  # evaluation id -> candidate id
         self._hashes: set[str] = set()  # designs already in the campaign
         self._rejected: set[str] = set()  # designs a constraint refused
-        self._base: dict[str, int] = {}  # spec hash -> id of the design's first (search) evaluation
+        self._known: dict[str, Observation] = {}  # spec hash -> what the strategy observed of that design
         self._stop = threading.Event()  # set by request_stop() or a stop flag in the store
         self._lost_lease = threading.Event()
         self.n_candidates = 0
@@ -195,8 +199,6 @@ class Controller:
             self._labels.setdefault(e.candidate_id, e.spec.describe())
             self._hashes.add(e.spec.spec_hash)
             self._runs[e.id] = _Run(e.candidate_id, e.fidelity, e.seed, e.origin, e.status)
-            if e.origin == "search":
-                self._base.setdefault(e.spec.spec_hash, e.id)
         self.n_candidates = len({e.candidate_id for e in evaluations})
         finished = [e for e in evaluations if e.status not in ("queued", "running")]
         finished.sort(key=lambda e: (e.finished_at is None, e.finished_at or 0, e.id))
@@ -229,15 +231,10 @@ class Controller:
             got = tuple(_number(metrics, m) for m, _ in self.objectives)
             values = tuple(v for v in got if v is not None) if all(v is not None for v in got) else ()
         cid = run.candidate_id
-        self.strategy.observe(Observation(cid, self._spec(cid), run.score, dict(metrics or {}), values, feasible))
-
-    def _known_observation(self, spec_hash: str) -> Observation | None:
-        """The base-rung observation of an existing design, for a strategy told it proposed a duplicate."""
-        ev = self._base.get(spec_hash)
-        if ev is None or self._runs[ev].status in ("queued", "running"):
-            return None
-        run = self._runs[ev]
-        return Observation(run.candidate_id, self._spec(run.candidate_id), run.score)
+        spec = self._spec(cid)
+        observation = Observation(cid, spec, run.score, dict(metrics or {}), values, feasible)
+        self._known.setdefault(spec.spec_hash, observation)  # told again when the design is re-proposed
+        self.strategy.observe(observation)
 
     # -- proposing -----------------------------------------------------------------------------
     def _violation(self, spec: ArchSpec) -> str | None:
@@ -270,7 +267,7 @@ class Controller:
             h = proposal.spec.spec_hash
             if h in self._hashes or h in self._rejected:
                 duplicates += 1
-                self.strategy.discard(proposal, "duplicate", self._known_observation(h) if h in self._hashes else None)
+                self.strategy.discard(proposal, "duplicate", self._known.get(h))  # None while it still runs
                 continue
             reason = self._violation(proposal.spec)
             if reason is not None:
@@ -402,14 +399,12 @@ class Controller:
                 self._labels[candidate_id] = spec.describe()
                 self._hashes.add(spec.spec_hash)
                 self._runs[ev] = _Run(candidate_id, self.rungs[0], f.seed, "search", "queued")
-                self._base[spec.spec_hash] = ev
                 self.n_candidates += 1
                 self._submit(ev)
                 return True
-        # Extra seeds wait until the search is over, so the top-k they go to is final.
-        if self._in_flight or self._promotion() is not None:
-            return False
-        if self.n_candidates < f.search.budget and not self._exhausted:
+        # Extra seeds wait until the search and its promotions are over, so the top-k they go to is
+        # final; they do not change it, so they run side by side.
+        if any(self._runs[ev].origin != "reseed" for ev in self._in_flight):
             return False
         nxt = self._reseed()
         if nxt is None:
@@ -447,13 +442,20 @@ class Controller:
         return self._stop.is_set()
 
     def _hand_back(self) -> None:
-        """Cancel in-flight work and queue it again, so `resume` re-runs it."""
+        """Cancel in-flight work and queue it again, so `resume` re-runs it.
+
+        Running evaluations that a stop kept from being re-submitted after a resume go back too. With
+        the lease lost nothing is written: the store belongs to the controller that took it over.
+        """
         self.on_event(Event("stopping", detail=f"{len(self._in_flight)} in flight handed back"))
         self.executor.close()
-        for ev in list(self._in_flight):
-            self.store.requeue(ev)
-            self._runs[ev].status = "queued"
         self._in_flight.clear()
+        if self._lost_lease.is_set():
+            return
+        for ev, run in self._runs.items():
+            if run.status == "running":
+                self.store.requeue(ev)
+                run.status = "queued"
 
     # -- the loop ------------------------------------------------------------------------------
     def run(self) -> RunSummary:
@@ -490,7 +492,7 @@ class Controller:
             if stopped:
                 self._hand_back()
                 if self._lost_lease.is_set():
-                    raise RuntimeError(f"campaign {self.campaign.name!r}: another controller took the lease; this one stopped")
+                    raise LeaseLost(f"campaign {self.campaign.name!r}: another controller took the lease; this one stopped")
                 self.store.set_campaign_status(self.campaign_id, "stopped")
             else:
                 self.store.set_campaign_status(self.campaign_id, "finished")

@@ -227,12 +227,14 @@ def print_leaderboard(
 ) -> None:
     """The leaderboard of a campaign (the most recent when None) in `fmt`; bad input is exit 2.
 
-    `metric`/`direction` default to the campaign's first objective."""
+    `metric` defaults to the campaign's first objective; `direction` to that of the campaign's
+    objective on `metric`, else maximize."""
     fmt = check_format(fmt)
     info = resolve_campaign(store, campaign)
-    default_metric, default_direction = primary_objective(info.config)
     if metric is None:
-        metric, direction = default_metric, direction or default_direction
+        metric = primary_objective(info.config)[0]
+    if direction is None:
+        direction = next((d for m, d in campaign_objectives(info.config) if m == metric), None)
     try:
         direction = normalize_direction(direction or "maximize")
     except ValueError:

@@ -266,8 +266,9 @@ class Store:
 
         url None -> $HYBRIDNAS_STORE -> sqlite:///hybridnas.db; a bare path is a SQLite file.
         artifacts_dir None -> $HYBRIDNAS_ARTIFACTS -> '<db stem>_artifacts/' beside a SQLite file,
-        else ./hybridnas_artifacts. With create=False (readers) nothing is ever written, and a
-        missing store raises StoreNotFound.
+        else ./hybridnas_artifacts. With create=False (readers) nothing is written except the
+        in-place upgrade of an older schema (store/migrations.py), and a missing store raises
+        StoreNotFound.
         """
         url_text = resolve_url(url)
         u = make_url(url_text)

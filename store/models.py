@@ -2,7 +2,7 @@
 
 Every table name starts with `hnas_` so Optuna (`studies`, `trials`, `alembic_version`, ...) can keep
 its own tables in the same database. `SCHEMA_VERSION` is written to `hnas_meta`; bump it (and add a
-migration in `db.py`) whenever a table changes.
+migration in `migrations.py`) whenever a table changes.
 """
 
 from __future__ import annotations

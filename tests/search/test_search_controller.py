@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import random
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from hybridnas.search.campaign import parse_campaign
-from hybridnas.search.controller import Controller, Event, rung_steps
+from hybridnas.search.controller import Controller, Event, LeaseLost, rung_steps
 from hybridnas.space import ArchSpec, estimate_cost
 from hybridnas.store import CampaignBusy, Store
 from hybridnas.workers import EvalRequest, EvalResult, Executor
@@ -37,10 +38,12 @@ class FormulaExecutor(Executor):
         self.fail_mixer = fail_mixer  # designs with this linear mixer fail, as a NaN would
         self._queue: list[EvalRequest] = []
         self.seen: list[tuple[int, int, int]] = []  # (evaluation id, steps, seed)
+        self.peak_extra_seeds = 0  # most requests with a seed other than 0 in flight at once
         self.closed = False
 
     def submit(self, request: EvalRequest) -> None:
         self._queue.append(request)
+        self.peak_extra_seeds = max(self.peak_extra_seeds, sum(r.seed != 0 for r in self._queue))
 
     def wait(self, timeout: float | None = None) -> list[EvalResult]:
         if not self._queue:
@@ -182,8 +185,10 @@ def test_successive_halving_promotes_the_best_third(store: Store) -> None:
 def test_reevaluate_gives_the_top_k_extra_seeds_and_a_verdict(store: Store) -> None:
     c = campaign(12, search={"reevaluate": {"top_k": 3, "seeds": 2}})
     cid = store.create_campaign("formula", c.config(), 0)
-    summary = Controller(store, c, cid, FormulaExecutor()).run()
+    ex = FormulaExecutor(capacity=3)
+    summary = Controller(store, c, cid, ex).run()
     assert summary.reseeds == 6
+    assert ex.peak_extra_seeds == 3  # extra seeds do not change the top-k, so they fill every slot
     evals = store.evaluations(cid)
     reseeds = [e for e in evals if e.origin == "reseed"]
     assert {e.seed for e in reseeds} == {1, 2}
@@ -274,6 +279,70 @@ def test_stop_hands_work_back_and_resume_finishes(store: Store) -> None:
     assert len(evals) == 10 and all(e.status == "done" for e in evals)
 
 
+def test_a_stop_during_resume_hands_back_what_was_not_resubmitted(store: Store) -> None:
+    c = campaign(4)
+    cid = store.create_campaign("formula", c.config(), 0)
+    spec = c.space.sample(random.Random(5))
+    _, eid = store.add_candidate(cid, spec, generation=0, parents=[], task="mqar", fidelity=c.file.training.steps, seed=0)
+    store.mark_running(eid)  # a killed controller left this running
+    ctrl = Controller(store, c, cid, FormulaExecutor())
+    ctrl.request_stop()  # a signal before the first re-submission
+    assert ctrl.run().stopped
+    assert store.evaluation(eid).status == "queued"
+    assert store.get_campaign("formula").status == "stopped"
+
+
+def _take_over_on_first_result(store: Store, cid: int, get_controller: Any) -> Any:
+    """An on_event that makes another controller take the campaign (`resume --force`) once a result
+    is recorded, then waits for this one's heartbeat to notice."""
+
+    def on_event(e: Event) -> None:
+        if e.kind == "done" and store.get_campaign_by_id(cid).lease_owner != "otherhost:1:new":
+            store.acquire_lease(cid, "otherhost:1:new", ttl_s=600, force=True)
+            deadline = time.monotonic() + 10
+            while not get_controller().stopping and time.monotonic() < deadline:
+                time.sleep(0.02)
+
+    return on_event
+
+
+def test_a_controller_that_loses_its_lease_stops_and_writes_nothing_more(store: Store) -> None:
+    c = campaign(6)
+    cid = store.create_campaign("formula", c.config(), 0)
+    ctrl: list[Controller] = []
+    ctrl.append(Controller(store, c, cid, FormulaExecutor(capacity=2), _take_over_on_first_result(store, cid, lambda: ctrl[0]), lease_ttl_s=0.3))
+    with pytest.raises(LeaseLost, match="another controller took the lease"):
+        ctrl[0].run()
+    info = store.get_campaign("formula")
+    assert info.lease_owner == "otherhost:1:new" and info.status == "running"
+    # The evaluation still in flight is the new owner's to run: not handed back as queued.
+    assert [e.status for e in store.evaluations(cid)] == ["done", "running"]
+
+
+def test_the_cli_leaves_a_taken_over_campaign_alone(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    import typer
+
+    from hybridnas.search import cli
+
+    c = campaign(6)
+    cid = store.create_campaign("formula", c.config(), 0)
+    made: list[Controller] = []
+
+    def short_lease(*args: Any, **kw: Any) -> Controller:
+        ctrl = Controller(*args, **kw, lease_ttl_s=0.3)
+        inner = ctrl.on_event
+        outer = _take_over_on_first_result(store, cid, lambda: ctrl)
+        ctrl.on_event = lambda e: (inner(e), outer(e))
+        made.append(ctrl)
+        return ctrl
+
+    monkeypatch.setattr(cli, "Controller", short_lease)
+    with pytest.raises(typer.Exit) as exit_info:
+        cli._run(store, c, cid, FormulaExecutor(capacity=2), None)
+    assert exit_info.value.exit_code == 1 and made
+    assert store.get_campaign("formula").status == "running"  # not "failed": another controller runs it
+
+
 def test_a_live_lease_refuses_a_second_controller(store: Store) -> None:
     c = campaign(3)
     cid = store.create_campaign("formula", c.config(), 0)
@@ -349,4 +418,31 @@ def test_optuna_study_lives_in_the_store_and_resumes(tmp_path: Path) -> None:
         Controller(st, c, cid, FormulaExecutor(capacity=1), on_event).run()
     Controller(st, c, cid, FormulaExecutor(capacity=1)).run()
     assert history(st, cid) == expected
+    st.close()
+
+
+def test_a_re_proposed_design_is_told_with_its_recorded_objectives(tmp_path: Path) -> None:
+    """NSGA-II on a four-design space re-proposes known designs; each such trial is told the recorded
+    values of both objectives (a FAIL would drop the design from the sampler's view)."""
+    import optuna
+
+    from hybridnas.search.optuna_strategy import DISCARD_ATTR
+
+    c = parse_campaign({
+        "name": "tiny",
+        "task": {"name": "mqar", "vocab_size": 32, "seq_len": 16, "num_kv_pairs": 2},
+        "space": {"d_model": [16, 32], "n_heads": [1],
+                  "hybrid": {"ratio": [1], "placement": ["interleaved"], "linear_mixer": ["gla", "deltanet"], "gate": ["none"]}},
+        "training": {"steps": 10},
+        "search": {"strategy": "nsga2", "budget": 4, "population": 2},
+        "objectives": [{"metric": "accuracy"}, {"metric": "cost_state_bytes", "direction": "minimize"}],
+    })
+    st = Store.open(f"sqlite:///{tmp_path / 'tiny.db'}")
+    cid = st.create_campaign("tiny", c.config(), 0)
+    Controller(st, c, cid, FormulaExecutor(capacity=1)).run()
+    assert len(st.evaluations(cid)) == 4
+    study = optuna.load_study(study_name="hybridnas.tiny", storage=st.url)
+    duplicates = [t for t in study.trials if t.user_attrs.get(DISCARD_ATTR) == "duplicate"]
+    assert duplicates
+    assert all(t.state == optuna.trial.TrialState.COMPLETE and len(t.values) == 2 for t in duplicates)
     st.close()
