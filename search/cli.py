@@ -182,8 +182,7 @@ def launch(
     campaign = _load(file, name=name)
     st = _open_for_writing(store)
     try:
-        known = {c.name for c in st.list_campaigns()}
-        if campaign.name in known:
+        if st.campaign_exists(campaign.name):
             fail(f"name: campaign {campaign.name!r} already exists in {st.url}; resume it with "
                  f"`hybridnas campaign resume {campaign.name}` or pick another name with --name")
         ex = _executor(campaign, executor, workers, address)  # a bad option fails before the campaign is created

@@ -359,6 +359,10 @@ class Store:
                 raise self._campaign_not_found(s, repr(name) if name is not None else "(most recent)")
             return self._campaign_infos(s, [row])[0]
 
+    def campaign_exists(self, name: str) -> bool:
+        with self._read() as s:
+            return s.scalar(select(Campaign.id).where(Campaign.name == name)) is not None
+
     def get_campaign_by_id(self, campaign_id: int) -> CampaignInfo:
         with self._read() as s:
             row = s.get(Campaign, campaign_id)

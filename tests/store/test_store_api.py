@@ -100,7 +100,9 @@ def test_campaign_create_get_list(store: Store) -> None:
 
 
 def test_campaign_name_taken(store: Store) -> None:
+    assert not store.campaign_exists("same")
     store.create_campaign("same", {}, seed=0)
+    assert store.campaign_exists("same") and not store.campaign_exists("Same")
     with pytest.raises(CampaignExists, match="'same' already exists"):
         store.create_campaign("same", {"other": 1}, seed=1)
     assert len(store.list_campaigns()) == 1
