@@ -172,6 +172,7 @@ class Controller:
         self._labels: dict[int, str] = {}
         self._runs: dict[int, _Run] = {}  # evaluation id -> what we know of it
         self._in_flight: dict[int, int] = {}  # evaluation id -> candidate id
+        self._generations: dict[int, int] = {}  # candidate id -> generation (lineage depth)
         self._hashes: set[str] = set()  # designs already in the campaign
         self._rejected: set[str] = set()  # designs a constraint refused
         self._known: dict[str, Observation] = {}  # spec hash -> what the strategy observed of that design
@@ -197,6 +198,7 @@ class Controller:
         for e in evaluations:
             self._specs.setdefault(e.candidate_id, e.spec)
             self._labels.setdefault(e.candidate_id, e.spec.describe())
+            self._generations.setdefault(e.candidate_id, e.generation)
             self._hashes.add(e.spec.spec_hash)
             self._runs[e.id] = _Run(e.candidate_id, e.fidelity, e.seed, e.origin, e.status)
         self.n_candidates = len({e.candidate_id for e in evaluations})
@@ -385,16 +387,18 @@ class Controller:
                 self.on_event(Event("exhausted", detail="no new design satisfies the space and constraints"))
             else:
                 spec = proposal.spec
+                generation = self._generation(proposal)
                 candidate_id, ev = self.store.add_candidate(
                     self.campaign_id,
                     spec,
-                    generation=self._generation(proposal),
+                    generation=generation,
                     parents=[(p, proposal.operator) for p in proposal.parents],
                     task=self.task_name,
                     fidelity=self.rungs[0],
                     seed=f.seed,
                 )
                 self.strategy.accepted(proposal, candidate_id)
+                self._generations[candidate_id] = generation
                 self._specs[candidate_id] = spec
                 self._labels[candidate_id] = spec.describe()
                 self._hashes.add(spec.spec_hash)
@@ -516,4 +520,7 @@ class Controller:
     def _generation(self, proposal: Proposal) -> int:
         if not proposal.parents:
             return 0
-        return 1 + max(self.store.candidate(p).generation for p in proposal.parents)
+        for p in proposal.parents:
+            if p not in self._generations:  # a parent recorded before this run: ask the store once
+                self._generations[p] = self.store.candidate(p).generation
+        return 1 + max(self._generations[p] for p in proposal.parents)

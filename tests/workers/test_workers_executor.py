@@ -194,8 +194,10 @@ def test_in_process_runs_one_request_per_wait(one_thread: None) -> None:
 
 
 def test_make_executor_validates_its_arguments() -> None:
-    with pytest.raises(ValueError, match=r"^kind: got 'dask', allowed: inprocess, ray$"):
+    with pytest.raises(ValueError, match=r"^kind: got 'dask', allowed: inprocess, ray, replay$"):
         make_executor("dask", workers=1)
+    with pytest.raises(ValueError, match=r"^replay_table: required"):
+        make_executor("replay", workers=1)
     with pytest.raises(ValueError, match=r"^workers: "):
         make_executor("inprocess", workers=0)
     with pytest.raises(ValueError, match=r"^cpus_per_worker: "):
