@@ -55,6 +55,7 @@ the recall tasks, as MAD's baselines use it nowhere else.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
@@ -429,6 +430,7 @@ class _MADTask:
     config: Any
     name: str
     config_type: ClassVar[type]
+    generator: ClassVar[Callable[[Any, int], TaskData]]  # the module-level generate_* function
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Any:
@@ -443,7 +445,7 @@ class _MADTask:
         return self.config.seq_len
 
     def generate(self, seed: int) -> TaskData:
-        raise NotImplementedError
+        return type(self).generator(self.config, seed)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, **asdict(self.config)}
@@ -454,9 +456,7 @@ class InContextRecallTask(_MADTask):
     config: RecallConfig = RecallConfig()
     name: str = "in_context_recall"
     config_type: ClassVar[type] = RecallConfig
-
-    def generate(self, seed: int) -> TaskData:
-        return generate_recall(self.config, seed)
+    generator = staticmethod(generate_recall)
 
 
 @dataclass(frozen=True)
@@ -464,9 +464,7 @@ class NoisyRecallTask(_MADTask):
     config: NoisyRecallConfig = NoisyRecallConfig()
     name: str = "noisy_in_context_recall"
     config_type: ClassVar[type] = NoisyRecallConfig
-
-    def generate(self, seed: int) -> TaskData:
-        return generate_recall(self.config, seed)
+    generator = staticmethod(generate_recall)
 
 
 @dataclass(frozen=True)
@@ -474,9 +472,7 @@ class FuzzyRecallTask(_MADTask):
     config: FuzzyRecallConfig = FuzzyRecallConfig()
     name: str = "fuzzy_in_context_recall"
     config_type: ClassVar[type] = FuzzyRecallConfig
-
-    def generate(self, seed: int) -> TaskData:
-        return generate_fuzzy_recall(self.config, seed)
+    generator = staticmethod(generate_fuzzy_recall)
 
 
 @dataclass(frozen=True)
@@ -484,9 +480,7 @@ class SelectiveCopyingTask(_MADTask):
     config: SelectiveCopyingConfig = SelectiveCopyingConfig()
     name: str = "selective_copying"
     config_type: ClassVar[type] = SelectiveCopyingConfig
-
-    def generate(self, seed: int) -> TaskData:
-        return generate_selective_copying(self.config, seed)
+    generator = staticmethod(generate_selective_copying)
 
 
 @dataclass(frozen=True)
@@ -494,9 +488,7 @@ class CompressionTask(_MADTask):
     config: CompressionConfig = CompressionConfig()
     name: str = "compression"
     config_type: ClassVar[type] = CompressionConfig
-
-    def generate(self, seed: int) -> TaskData:
-        return generate_compression(self.config, seed)
+    generator = staticmethod(generate_compression)
 
 
 @dataclass(frozen=True)
@@ -504,9 +496,7 @@ class MemorizationTask(_MADTask):
     config: MemorizationConfig = MemorizationConfig()
     name: str = "memorization"
     config_type: ClassVar[type] = MemorizationConfig
-
-    def generate(self, seed: int) -> TaskData:
-        return generate_memorization(self.config, seed)
+    generator = staticmethod(generate_memorization)
 
 
 __all__ = [
