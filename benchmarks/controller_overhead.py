@@ -33,6 +33,7 @@ from hybridnas.search.strategies import STRATEGIES
 from hybridnas.space import ArchSpec
 from hybridnas.store import Store
 from hybridnas.workers import EvalRequest, EvalResult, Executor
+from hybridnas.workers.hardware import cpu_model
 
 TARGET_MS = 20.0  # per-evaluation controller cost the project aims to stay under
 TAIL = 100  # the window before the last evaluation whose median is reported
@@ -128,12 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"--strategies: {unknown[0]!r} is not allowed; allowed: {allowed}", file=sys.stderr)
         return 2
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                   if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_model()
     given = argv if argv is not None else sys.argv[1:]
     print(f"command: python benchmarks/controller_overhead.py {' '.join(given)}".rstrip())
     print(f"machine: {socket.gethostname()}, {cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "

@@ -50,6 +50,7 @@ from hybridnas.space import ArchSpec
 from hybridnas.store import Store
 from hybridnas.workers import EvalRequest, EvalResult
 from hybridnas.workers.replay import ReplayExecutor, Table
+from hybridnas.workers.hardware import cpu_model
 
 DEFAULT_TABLE = Path(__file__).resolve().parent / "hybridbench" / "hybridbench.json"
 #: Target levels: the best ceil(fraction x designs) by seed-mean accuracy at the top fidelity (ties included).
@@ -214,15 +215,7 @@ def summary(values: list[float], digits: int = 0) -> tuple[float, str, str]:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{socket.gethostname()}, {cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    return f"{socket.gethostname()}, {cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -280,6 +280,20 @@ def measure_hardware(model: nn.Module, vocab_size: int, cfg: MeasureConfig) -> d
     return metrics
 
 
+def cpu_model() -> str:
+    """The host CPU's model name (from /proc/cpuinfo on Linux), for benchmark and table headers."""
+    import platform
+    from pathlib import Path
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def reset_peak_memory(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -294,6 +308,7 @@ def peak_memory_bytes(device: torch.device) -> int | None:
 
 __all__ = [
     "MeasureConfig",
+    "cpu_model",
     "cpu_peak_bytes",
     "default_device",
     "describe_device",

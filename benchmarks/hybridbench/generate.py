@@ -29,7 +29,7 @@ import torch
 
 from hybridnas.space import SpaceFile
 from hybridnas.workers.evaluate import EvalRequest, evaluate
-from hybridnas.workers.hardware import MeasureConfig
+from hybridnas.workers.hardware import MeasureConfig, cpu_model
 from hybridnas.workers.replay import (
     TABLE_FORMAT,
     TABLE_VERSION,
@@ -76,17 +76,9 @@ SEEDS = (0, 1)  # every design at every fidelity for each seed
 
 def machine() -> dict[str, Any]:
     """Where the table was made: host, CPU model, torch, threads."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     return {
         "host": socket.gethostname(),
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),

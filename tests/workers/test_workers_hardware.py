@@ -12,6 +12,7 @@ from torch import nn
 from hybridnas.codegen import build_model
 from hybridnas.space import ArchSpec, LayerSpec
 from hybridnas.workers.hardware import (
+    cpu_model,
     MeasureConfig,
     cpu_peak_bytes,
     describe_device,
@@ -115,6 +116,7 @@ def test_measure_hardware_on_cpu() -> None:
     assert m["decode_latency_ms"] == pytest.approx(1000 * 2 / m["decode_tokens_per_s"])
     assert m["prefill_latency_ms"] == pytest.approx(1000 * 2 * 16 / m["prefill_tokens_per_s"])
     assert describe_device("cpu") == f"cpu ({torch.get_num_threads()} threads)"
+    assert cpu_model().strip() and "\n" not in cpu_model()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
