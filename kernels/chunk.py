@@ -1,7 +1,7 @@
 """Chunk-parallel recurrences in plain PyTorch (the CPU path; autograd through PyTorch).
 
 Self-contained on purpose: this file imports only torch and typing, because exported models embed
-its source verbatim as their fallback when hybridnas is not installed.
+its source as their fallback when hybridnas is not installed.
 
 The sequence is cut into chunks of C tokens. Inside a chunk everything is a masked matmul; between
 chunks only the [K, V] state is carried. With b the chunk-local cumulative log decay (b <= 0, non-
@@ -27,8 +27,8 @@ MAX_SPAN = 30.0
 SEGMENT_ELEMENTS = 1 << 19
 
 
-def _acc(dtype: torch.dtype) -> torch.dtype:
-    # The state accumulates in float32 for half/bfloat16 inputs.
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the state is kept in: float32 for half/bfloat16 inputs, else the input dtype."""
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
@@ -137,7 +137,7 @@ def _decay_factors(b: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 
 
 def _initial(initial_state: Optional[Tensor], B: int, H: int, K: int, V: int, like: Tensor) -> Tensor:
-    acc = _acc(like.dtype)
+    acc = accumulation_dtype(like.dtype)
     if initial_state is None:
         return like.new_zeros(B * H, K, V, dtype=acc)
     return initial_state.to(acc).reshape(B * H, K, V)

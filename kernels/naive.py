@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import torch
 
-
-def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype the state is kept in: float32 for half/bfloat16 inputs, else the input dtype."""
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+from hybridnas.kernels.chunk import accumulation_dtype
 
 
 def _decay(g: torch.Tensor | None, gk: torch.Tensor | None, t: int) -> torch.Tensor | None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from hybridnas.kernels.naive import accumulation_dtype
+from hybridnas.kernels.chunk import accumulation_dtype
 
 
 def _check_step(

@@ -83,6 +83,12 @@ class HybridChoices(_OptionChoices):
     placement: list[str] = Field(default=["interleaved"])
     linear_mixer: list[str] = Field(default=["gated_deltanet"])
     full_mixer: list[str] = Field(default=["attention"])
+    full_short_conv: list[bool] = Field(default=[False])  # the short conv on q/k/v of the full layers
+
+    @field_validator("full_short_conv")
+    @classmethod
+    def _full_sc(cls, v: list[bool]) -> list[bool]:
+        return _choices("full_short_conv", v)
 
     @field_validator("ratio")
     @classmethod
@@ -298,7 +304,7 @@ class SearchSpace:
             "norm": spec.norm,
             "expand_k": first.expand_k,
         }
-        layer_genes = [{"mixer": l.mixer, "gate": l.gate, "short_conv": l.short_conv} for l in spec.layers]
+        layer_genes = [{k: getattr(l, k) for k in LAYER_GENES} for l in spec.layers]
         if self.mode == "hybrid":
             if spec.hybrid is None:
                 raise ValueError("spec has no hybrid genes but the space is hybrid")
@@ -384,7 +390,7 @@ class SearchSpace:
 
     # -- operators -----------------------------------------------------------------------------
     def _random_layer(self, rng: random.Random) -> dict[str, Any]:
-        return {k: rng.choice(self.choices(f"layer.{k}")) for k in ("mixer", "gate", "short_conv")}
+        return {k: rng.choice(self.choices(f"layer.{k}")) for k in LAYER_GENES}
 
     def sample(self, rng: random.Random) -> ArchSpec:
         values = {name: rng.choice(choices) for name, choices in self.genes if not name.startswith("layer.")}
@@ -396,7 +402,7 @@ class SearchSpace:
         values, layer_genes = self._values(spec)
         ops: list[str] = [g for g in self.mutable_genes if not g.startswith("layer.")]
         if self.mode == "layers":
-            ops += [f"layer_{k}" for k in ("mixer", "gate", "short_conv") if len(self.choices(f"layer.{k}")) > 1]
+            ops += [f"layer_{k}" for k in LAYER_GENES if len(self.choices(f"layer.{k}")) > 1]
             if len(set(map(str, layer_genes))) > 1:
                 ops.append("swap_layers")
         if not ops:
@@ -457,8 +463,7 @@ class SearchSpace:
             raise ValueError(f"space has {self.size()} gene combinations, more than limit={limit}")
         model = [(name, choices) for name, choices in self.genes if not name.startswith("layer.")]
         per_layer = (
-            [dict(zip(("mixer", "gate", "short_conv"), combo))
-             for combo in itertools.product(*(self.choices(f"layer.{k}") for k in ("mixer", "gate", "short_conv")))]
+            [dict(zip(LAYER_GENES, combo)) for combo in itertools.product(*(self.choices(f"layer.{k}") for k in LAYER_GENES))]
             if self.mode == "layers"
             else []
         )
@@ -489,7 +494,7 @@ class SearchSpace:
                 n *= len(choices)
         if self.mode == "layers":
             per_layer = 1
-            for k in ("mixer", "gate", "short_conv"):
+            for k in LAYER_GENES:
                 per_layer *= len(self.choices(f"layer.{k}"))
             n *= per_layer ** max(self.choices("n_layers"))
         return n

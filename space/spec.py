@@ -12,26 +12,17 @@ import json
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
+from hybridnas.mixers import OPTIONS, REGISTRY, MixerDef, OptionError
+from hybridnas.mixers.registry import FEATURE_MAPS, GATES
+
 # --- registries --------------------------------------------------------------------------------
 
-#: Full (quadratic) token mixers.
-FULL_MIXERS: tuple[str, ...] = ("attention", "swa")
-#: Linear-time token mixers: one recurrence over a per-head state (or a short convolution).
-LINEAR_MIXERS: tuple[str, ...] = (
-    "linear_attn",
-    "retnet",
-    "gla",
-    "mamba2",
-    "hgrn2",
-    "deltanet",
-    "gated_deltanet",
-    "short_conv",
-)
+#: Full (quadratic) token mixers, then the linear-time ones, from the mixer registry.
+FULL_MIXERS: tuple[str, ...] = tuple(n for n, m in REGISTRY.items() if m.kind == "full")
+LINEAR_MIXERS: tuple[str, ...] = tuple(n for n, m in REGISTRY.items() if m.kind == "linear")
 MIXERS: tuple[str, ...] = FULL_MIXERS + LINEAR_MIXERS
 #: Mixers that carry a recurrent K x V state per head (their cost grows with expand_k, not context).
-RECURRENT_MIXERS: tuple[str, ...] = tuple(m for m in LINEAR_MIXERS if m != "short_conv")
-GATES: tuple[str, ...] = ("none", "sigmoid", "swish")
-FEATURE_MAPS: tuple[str, ...] = ("identity", "elu", "relu")
+RECURRENT_MIXERS: tuple[str, ...] = tuple(n for n, m in REGISTRY.items() if m.recurrent)
 MLPS: tuple[str, ...] = ("swiglu", "gelu", "none")
 NORMS: tuple[str, ...] = ("rmsnorm", "layernorm")
 PLACEMENTS: tuple[str, ...] = ("interleaved", "first", "last")
@@ -58,54 +49,55 @@ def _check_int(field_name: str, value: Any, lo: int, hi: int | None = None) -> N
         raise SpecError(field_name, f"got {value!r}, must be an integer {bound}")
 
 
+def _check_bool(field_name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise SpecError(field_name, f"got {value!r}, must be true or false")
+
+
 # --- layer and model genes ----------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class LayerSpec:
-    """One block's token mixer and its options. Options a mixer does not use keep their defaults."""
+    """One block's token mixer and its options (hybridnas.mixers.OPTIONS says what each means and
+    allows). A mixer takes only the options its registry entry names; the others keep their defaults
+    and stay out of the hash."""
 
     mixer: str  # one of MIXERS
     n_heads: int = 2  # attention / recurrence heads; d_model must be divisible by it
     gate: str = "none"  # output gate: none | sigmoid | swish (o = o_proj(norm(y) * act(g_proj(x))))
     short_conv: bool = False  # causal depthwise conv + SiLU on q, k, v after projection
-    conv_size: int = 4  # width of that short conv (and of the short_conv mixer's own conv)
+    conv_size: int = 4  # width of that short conv (and of the short_conv and mamba mixers' own conv)
     feature_map: str = "identity"  # linear_attn only: map applied to q and k
     window: int = 64  # swa only: tokens each query sees, itself included
     expand_k: float = 1.0  # recurrent mixers: key (state) dim per head = d_model * expand_k / n_heads
 
     def __post_init__(self) -> None:
         _check_choice("mixer", self.mixer, MIXERS)
-        _check_int("n_heads", self.n_heads, 1, 64)
-        _check_choice("gate", self.gate, GATES)
-        if not isinstance(self.short_conv, bool):
-            raise SpecError("short_conv", f"got {self.short_conv!r}, must be true or false")
-        _check_int("conv_size", self.conv_size, 2, 16)
-        _check_choice("feature_map", self.feature_map, FEATURE_MAPS)
-        _check_int("window", self.window, 1)
-        if not isinstance(self.expand_k, (int, float)) or isinstance(self.expand_k, bool) or not 0.125 <= self.expand_k <= 4:
-            raise SpecError("expand_k", f"got {self.expand_k!r}, must be a number in [0.125, 4]")
-        # Normalize so 1 and 1.0 hash alike.
-        object.__setattr__(self, "expand_k", float(self.expand_k))
+        for name, option in OPTIONS.items():
+            try:
+                # Normalized, so 1 and 1.0 hash alike.
+                object.__setattr__(self, name, option.check(getattr(self, name)))
+            except OptionError as e:
+                raise SpecError(e.field, str(e).split(": ", 1)[1]) from None
+
+    @property
+    def definition(self) -> MixerDef:
+        """The mixer's registry entry."""
+        return REGISTRY[self.mixer]
 
     @property
     def is_full(self) -> bool:
-        return self.mixer in FULL_MIXERS
+        return self.definition.kind == "full"
 
     def canonical(self) -> dict[str, Any]:
         """Only the options that change the network for this mixer, so unused genes never split a hash."""
+        options = self.definition.options
         d: dict[str, Any] = {"mixer": self.mixer, "gate": self.gate}
-        if self.mixer != "short_conv":
-            d["n_heads"] = self.n_heads
-            d["short_conv"] = self.short_conv
-        if self.short_conv or self.mixer == "short_conv":
-            d["conv_size"] = self.conv_size
-        if self.mixer == "linear_attn":
-            d["feature_map"] = self.feature_map
-        if self.mixer == "swa":
-            d["window"] = self.window
-        if self.mixer in RECURRENT_MIXERS:
-            d["expand_k"] = self.expand_k
+        for name in options:
+            if name == "conv_size" and "short_conv" in options and not self.short_conv:
+                continue  # the width of a conv that is not there
+            d[name] = getattr(self, name)
         return d
 
 
@@ -123,6 +115,7 @@ class HybridGenes:
     full_mixer: str = "attention"  # mixer of the A layers (one of FULL_MIXERS)
     gate: str = "none"  # output gate on linear layers
     short_conv: bool = False  # short conv on q/k/v of linear layers
+    full_short_conv: bool = False  # short conv on q/k/v of full layers (a gene of its own, as fair as on linear ones)
 
     def __post_init__(self) -> None:
         if self.ratio != ALL_LINEAR:
@@ -136,8 +129,8 @@ class HybridGenes:
         _check_choice("linear_mixer", self.linear_mixer, LINEAR_MIXERS)
         _check_choice("full_mixer", self.full_mixer, FULL_MIXERS)
         _check_choice("gate", self.gate, GATES)
-        if not isinstance(self.short_conv, bool):
-            raise SpecError("short_conv", f"got {self.short_conv!r}, must be true or false")
+        _check_bool("short_conv", self.short_conv)
+        _check_bool("full_short_conv", self.full_short_conv)
 
     def pattern(self, n_layers: int) -> str:
         """The layer pattern, e.g. 'LLLA' for ratio 3 interleaved over 4 layers."""
@@ -165,7 +158,9 @@ class HybridGenes:
         layers = []
         for c in self.pattern(n_layers):
             if c == "A":
-                layers.append(replace(base, mixer=self.full_mixer, n_heads=n_heads, gate="none", short_conv=False))
+                layers.append(
+                    replace(base, mixer=self.full_mixer, n_heads=n_heads, gate="none", short_conv=self.full_short_conv)
+                )
             else:
                 layers.append(replace(base, mixer=self.linear_mixer, n_heads=n_heads, gate=self.gate, short_conv=self.short_conv))
         return tuple(layers)
@@ -199,9 +194,10 @@ class ArchSpec:
         for i, layer in enumerate(self.layers):
             if not isinstance(layer, LayerSpec):
                 raise SpecError(f"layers[{i}]", f"expected a LayerSpec, got {type(layer).__name__}")
-            if layer.mixer != "short_conv" and self.d_model % layer.n_heads:
+            options = layer.definition.options
+            if "n_heads" in options and self.d_model % layer.n_heads:
                 raise SpecError(f"layers[{i}].n_heads", f"{layer.n_heads} does not divide d_model={self.d_model}")
-            if layer.mixer in RECURRENT_MIXERS:
+            if "expand_k" in options:
                 dk = self.d_model * layer.expand_k / layer.n_heads
                 if dk != int(dk) or dk < 1:
                     raise SpecError(f"layers[{i}].expand_k", f"d_model*expand_k/n_heads = {dk} must be a positive integer")
@@ -223,6 +219,10 @@ class ArchSpec:
     @property
     def mixers(self) -> tuple[str, ...]:
         return tuple(layer.mixer for layer in self.layers)
+
+    def mixer_modules(self) -> tuple[tuple[type, dict[str, Any]], ...]:
+        """Each layer's mixer class and its constructor arguments (besides d_model), in order."""
+        return tuple((layer.definition.module, layer.definition.kwargs(layer)) for layer in self.layers)
 
     # -- serialization -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

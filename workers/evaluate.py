@@ -169,7 +169,7 @@ def _cost_metrics(spec: ArchSpec, context_len: int) -> dict[str, float]:
 
 def _check_seq_len(spec: ArchSpec) -> int:
     """Long enough that a sliding window is exceeded (up to a cap), so its cache truncation is checked."""
-    windows = [layer.window for layer in spec.layers if layer.mixer == "swa"]
+    windows = [layer.window for layer in spec.layers if "window" in layer.definition.options]
     return max(_CHECK_SEQ_LEN, min(max(windows, default=0) + 8, _CHECK_SEQ_LEN_MAX))
 
 

@@ -177,7 +177,7 @@ def test_export_rejects_bad_input(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="safetensors"):
         export(spec, tmp_path / "a", name="m", weights_path=tmp_path / "w.pt")
     with pytest.raises(ValueError, match="missing"):
-        export(spec, tmp_path / "a", name="m", state_dict={k: v for k, v in sd.items() if "q_proj" not in k})
+        export(spec, tmp_path / "a", name="m", state_dict={k: v for k, v in sd.items() if "q.proj" not in k})
     with pytest.raises(ValueError, match="shape"):
         export(spec, tmp_path / "a", name="m", state_dict={**sd, "norm_f.weight": torch.ones(15)})
     with pytest.raises(ValueError, match="differs from embed"):

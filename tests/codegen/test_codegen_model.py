@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import builtins
 import math
 from typing import Callable
 
 import pytest
 import torch
 
-from hybridnas.codegen import build_model, build_module
+from hybridnas.codegen import build_model, build_module, render
 from hybridnas.space.spec import MIXERS, ArchSpec, LayerSpec
 
 VOCAB = 13  # as in the mixer_spec fixture
@@ -110,30 +111,41 @@ def test_sliding_window_cache_is_truncated_and_attention_cache_grows() -> None:
     assert full["k"].shape[1] == 8
 
 
-@pytest.mark.parametrize("mixer", ["gla", "gated_deltanet", "short_conv", "swa"])
+def _module_without_hybridnas(spec: ArchSpec) -> dict:
+    """The rendered module executed where `import hybridnas` fails, as on a machine without it."""
+
+    def guarded_import(name: str, *args: object, **kwargs: object) -> object:
+        if name.split(".")[0] == "hybridnas":
+            raise ImportError(f"No module named {name!r}")
+        return builtins.__import__(name, *args, **kwargs)
+
+    namespace = {"__builtins__": {**vars(builtins), "__import__": guarded_import}, "__name__": "standalone_model"}
+    exec(compile(render(spec), "<standalone>", "exec"), namespace)
+    return namespace
+
+
+def test_installed_package_models_use_hybridnas_kernels(mixer_spec: Callable[..., ArchSpec]) -> None:
+    import hybridnas.kernels as kernels
+
+    module = build_module(mixer_spec("gated_deltanet"))
+    assert module.KERNELS == "hybridnas"
+    for name in ("gated_delta_rule", "gated_linear_attention", "gated_delta_rule_step", "softmax_attention", "causal_conv1d"):
+        assert getattr(module, name) is getattr(kernels, name), name
+    assert _module_without_hybridnas(mixer_spec("gla"))["KERNELS"] == "torch"
+
+
+@pytest.mark.parametrize("mixer", MIXERS)
 def test_torch_fallbacks_match_hybridnas_kernels(mixer: str, mixer_spec: Callable[..., ArchSpec]) -> None:
     spec = mixer_spec(mixer)
-    module = build_module(spec)
-    if module.KERNELS != "hybridnas":
-        pytest.skip("hybridnas.kernels does not provide the kernel API yet; the model runs on its fallbacks")
-    model = _float64_model(spec)
+    fast = _float64_model(spec)
+    standalone = _module_without_hybridnas(spec)
+    assert standalone["KERNELS"] == "torch"
+    slow = standalone["Model"]().double().eval()
+    slow.load_state_dict(fast.state_dict())
     ids = torch.randint(0, VOCAB, (2, T), generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
-        fast_full, fast_dec = model(ids), _decode(model, ids, prefill=3)
-    names = ("_conv_kernel", "_delta_kernel", "_delta_step", "_gla_kernel", "_gla_step", "_attention_kernel")
-    saved = {k: getattr(module, k) for k in names}
-    try:
-        module._conv_kernel = module._torch_causal_conv1d
-        module._delta_kernel = module.chunk_gated_delta_rule
-        module._delta_step = module._torch_delta_step
-        module._gla_kernel = module.chunk_gated_linear_attention
-        module._gla_step = module._torch_gla_step
-        module._attention_kernel = module._torch_attention
-        with torch.no_grad():
-            slow_full, slow_dec = model(ids), _decode(model, ids, prefill=3)
-    finally:
-        for k, v in saved.items():
-            setattr(module, k, v)
+        fast_full, fast_dec = fast(ids), _decode(fast, ids, prefill=3)
+        slow_full, slow_dec = slow(ids), _decode(slow, ids, prefill=3)
     torch.testing.assert_close(slow_full, fast_full, rtol=0, atol=1e-10)
     torch.testing.assert_close(slow_dec, fast_dec, rtol=0, atol=1e-10)
 
@@ -150,12 +162,18 @@ def test_init_is_seeded_and_scaled() -> None:
         assert na == nb and torch.equal(pa, pb)
     assert a.lm_head.weight is a.embed.weight  # tied
     out_std = 0.02 / math.sqrt(2 * spec.n_layers)
-    o_proj = torch.cat([blk.mixer.o_proj.weight.flatten() for blk in a.layers])
-    q_proj = torch.cat([blk.mixer.q_proj.weight.flatten() for blk in a.layers])
+    o_proj = torch.cat([blk.mixer.out.o_proj.weight.flatten() for blk in a.layers])
+    q_proj = torch.cat([blk.mixer.qkv.q.proj.weight.flatten() for blk in a.layers])
+    w2 = torch.cat([blk.mlp.w2.weight.flatten() for blk in a.layers])
     assert abs(o_proj.std().item() - out_std) < 0.25 * out_std
+    assert abs(w2.std().item() - out_std) < 0.25 * out_std
     assert abs(q_proj.std().item() - 0.02) < 0.25 * 0.02
     assert torch.equal(a.layers[0].norm1.weight, torch.ones(32)) and torch.equal(a.layers[0].norm1.bias, torch.zeros(32))
-    A = a.layers[0].mixer.A_log.exp()
-    assert ((A >= 1) & (A <= 16)).all()
+    # Mamba-2's decay: A = 1, step sizes at the quantiles of log-uniform(1e-3, 1e-1) (two heads: 10^-2.5, 10^-1.5).
+    mixer = a.layers[0].mixer
+    assert torch.equal(mixer.A_log, torch.zeros(2))
+    torch.testing.assert_close(torch.nn.functional.softplus(mixer.dt_bias), torch.tensor([10**-2.5, 10**-1.5]))
+    # The recurrent output norm starts at 1/sqrt(H*V), so its write is o_proj's std per channel.
+    torch.testing.assert_close(mixer.out.norm.weight, torch.full((16,), 32**-0.5))
     untied = build_model(ArchSpec(d_model=16, layers=(LayerSpec("gla"),), vocab_size=9, tie_embeddings=False))
     assert untied.lm_head.weight is not untied.embed.weight

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import inspect
 import json
 import os
 import subprocess
@@ -14,12 +15,13 @@ import pytest
 import torch
 
 from hybridnas.codegen import RenderError, build_module, render
+from hybridnas.mixers import REGISTRY as MIXER_REGISTRY
 from hybridnas.space.spec import MIXERS, ArchSpec, HybridGenes, LayerSpec
 
 # The submodule (the package attribute `render` is the function of the same name).
 render_module = importlib.import_module("hybridnas.codegen.render")
 # Modules a rendered file may import at top level; hybridnas only inside the guarded try block.
-_STANDALONE_ROOTS = {"__future__", "json", "math", "pathlib", "typing", "torch", "safetensors"}
+_STANDALONE_ROOTS = {"__future__", "collections", "json", "math", "pathlib", "typing", "torch", "safetensors"}
 
 
 def _imports(tree: ast.AST) -> list[tuple[str, bool]]:
@@ -59,6 +61,10 @@ def test_same_spec_renders_byte_identical(mixer_spec: Callable[..., ArchSpec]) -
     assert render(mixer_spec("gla"), "demo") != first
 
 
+def _constants(tree: ast.Module) -> dict[str, ast.expr]:
+    return {t.id: n.value for n in tree.body if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)}
+
+
 @pytest.mark.parametrize("mixer", MIXERS)
 def test_every_mixer_renders_valid_standalone_source(mixer: str, mixer_spec: Callable[..., ArchSpec]) -> None:
     spec = mixer_spec(mixer)
@@ -68,43 +74,44 @@ def test_every_mixer_renders_valid_standalone_source(mixer: str, mixer_spec: Cal
     for root, guarded in _imports(tree):
         assert root in _STANDALONE_ROOTS or (root == "hybridnas" and guarded), (root, guarded)
     # The spec is embedded as JSON and round-trips to the same genome.
-    consts = {
-        t.id: n.value for n in tree.body if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)
-    }
+    consts = _constants(tree)
     assert ArchSpec.from_json(ast.literal_eval(consts["SPEC_JSON"])) == spec
-    # Both layers differ in options, so two mixer classes; the module builds and names them in order.
-    classes = [n.name for n in tree.body if isinstance(n, ast.ClassDef) and n.name.endswith(("Mixer0", "Mixer1"))]
-    assert len(classes) == 2
+    # The mixer's own class is embedded once, from hybridnas.mixers, and LAYERS wires both layers to it.
+    cls = MIXER_REGISTRY[mixer].module
+    assert [n.name for n in tree.body if isinstance(n, ast.ClassDef)].count(cls.__name__) == 1
+    assert inspect.getsource(cls) in source
     module = build_module(spec, "m")
-    assert [c.__name__ for c in module.LAYER_CLASSES] == classes
+    assert [(c.__name__, kwargs) for c, kwargs in module.LAYERS] == [
+        (cls.__name__, MIXER_REGISTRY[mixer].kwargs(layer)) for layer in spec.layers
+    ]
+    assert [type(b.mixer).__name__ for b in module.Model().layers] == [cls.__name__] * 2
 
 
-def test_one_class_per_distinct_layer_configuration() -> None:
+def test_each_mixer_class_is_embedded_once_and_only_when_used() -> None:
     genes = HybridGenes(ratio=3, placement="interleaved", linear_mixer="gated_deltanet", full_mixer="swa", gate="swish")
     spec = ArchSpec.from_hybrid(genes, d_model=16, n_layers=8, n_heads=2, vocab_size=9)
     tree = ast.parse(render(spec))
-    mixer_classes = [n.name for n in tree.body if isinstance(n, ast.ClassDef) and "Mixer" in n.name]
-    assert mixer_classes == ["GatedDeltanetMixer0", "SwaMixer1"]
+    classes = [n.name for n in tree.body if isinstance(n, ast.ClassDef)]
+    assert classes.count("GatedDeltaNet") == 1 and classes.count("Attention") == 1
+    assert not {"GLA", "KDA", "Mamba", "Mamba2", "ShortConvMixer"} & set(classes)
     module = build_module(spec)
-    assert [c.__name__ for c in module.LAYER_CLASSES] == (["GatedDeltanetMixer0"] * 3 + ["SwaMixer1"]) * 2
+    assert [c.__name__ for c, _ in module.LAYERS] == (["GatedDeltaNet"] * 3 + ["Attention"]) * 2
+    assert {kw.get("window") for c, kw in module.LAYERS if c.__name__ == "Attention"} == {64}
     # The hybrid genes travel in the embedded spec too (they are not part of the hash).
-    consts = {t.id: n.value for n in tree.body if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)}
-    assert json.loads(ast.literal_eval(consts["SPEC_JSON"])) == spec.to_dict()
+    assert json.loads(ast.literal_eval(_constants(tree)["SPEC_JSON"])) == spec.to_dict()
     patterned = ArchSpec.from_hybrid(
         HybridGenes(placement="LALL", ratio="all_linear"), d_model=16, n_layers=4, n_heads=2, vocab_size=9
     )
     assert '"placement":"LALL"' in render(patterned)
-    # Unused options do not split a class: a window on a recurrent layer changes nothing.
+    # Options a mixer does not take never reach its constructor: a window on a recurrent layer changes nothing.
     a = ArchSpec(d_model=16, layers=(LayerSpec("gla", window=3), LayerSpec("gla", window=7)), vocab_size=9)
-    assert len([n for n in ast.parse(render(a)).body if isinstance(n, ast.ClassDef) and "Mixer" in n.name]) == 1
+    assert all("window" not in kw for _, kw in build_module(a).LAYERS)
 
 
 def test_generated_module_reports_source_lines_in_tracebacks(mixer_spec: Callable[..., ArchSpec]) -> None:
-    import inspect
-
     module = build_module(mixer_spec("deltanet"), "traced")
     assert module.__name__ in sys.modules
-    assert "def forward" in inspect.getsource(module.Model)
+    assert "def recurrence" in inspect.getsource(module.DeltaNet)
     assert inspect.getsource(module) == render(mixer_spec("deltanet"), "traced")
 
 
@@ -187,37 +194,47 @@ def test_unfiltered_template_value_is_refused() -> None:
         env.from_string("x = {{ 'os' }}").render()
 
 
-def test_embedded_kernel_source_is_checked() -> None:
-    ok = render_module._check_fallback(
-        "from __future__ import annotations\nimport torch\n"
-        "def chunk_gated_linear_attention(): pass\ndef chunk_gated_delta_rule(): pass\n",
-        "chunk.py",
-    )
-    assert "__future__" not in ok.text and "chunk_gated_delta_rule" in ok.names
-    funcs = "def chunk_gated_linear_attention(): pass\ndef chunk_gated_delta_rule(): pass\n"
-    for bad in ("import numpy\n", "from hybridnas.kernels import naive\n", "from . import naive\n", "import triton.language as tl\n"):
+def test_embedded_source_is_checked() -> None:
+    def imports(line: str) -> tuple[list[str], list[tuple[str, str]]]:
+        return render_module._imports_of(ast.parse(line).body[0], "x.py")
+
+    assert imports("import torch.nn.functional as F") == (["import torch.nn.functional as F"], [])
+    assert imports("from hybridnas.kernels import causal_conv1d") == ([], [("hybridnas.kernels", "causal_conv1d")])
+    assert imports("from __future__ import annotations") == ([], [])
+    for bad in ("import numpy", "from . import naive", "import triton.language as tl", "import hybridnas.kernels"):
         with pytest.raises(RenderError, match="import"):
-            render_module._check_fallback(bad + funcs, "chunk.py")
-    with pytest.raises(RenderError, match="chunk_gated_delta_rule"):
-        render_module._check_fallback("def chunk_gated_linear_attention(): pass\n", "chunk.py")
-    with pytest.raises(RenderError, match="kernel source"):
-        render_module.kernel_source("import os\n")
-    # The real chunk.py passes and is embedded verbatim (minus its __future__ line).
-    real = render_module._fallback_source()
+            imports(bad)
+    with pytest.raises(RenderError, match="source"):
+        render_module.source("import os\n")
+    # Embedded files keep their code and comments and lose their imports, docstring and __all__.
+    chunk = render_module._embed("hybridnas.kernels.chunk")
+    assert "def chunk_gated_delta_rule(" in chunk.text and "#: Largest |cumulative log decay|" in chunk.text
+    assert "__all__" not in chunk.text and "import torch" not in chunk.text and "import torch" in chunk.imports
+    # A mixer module contributes its class and what the class needs, not its registry entry or cost.
+    gla = render_module._embed("hybridnas.mixers.gla", {"GLA"})
+    assert gla.defines == {"GLA", "GATE_RANK", "GATE_NORMALIZER"}
     src = render(ArchSpec(d_model=16, layers=(LayerSpec("gla"),), vocab_size=5))
-    assert real.text in src
+    assert "MIXER = MixerDef" not in src and "def _cost" not in src
+    with pytest.raises(RenderError, match="does not define"):
+        render_module._embed("hybridnas.mixers.gla", {"NoSuchClass"})
 
 
-@pytest.mark.parametrize(("mlp", "expected"), [("swiglu", {"w1", "w2", "w3"}), ("gelu", {"fc1", "fc2"}), ("none", set())])
-def test_mlp_kinds_render_only_what_they_use(mlp: str, expected: set[str]) -> None:
+def test_rendered_source_binds_every_name_once() -> None:
+    assert render_module._unbound_globals("def f():\n    return g(x)\ng = 1\n") == {"x"}
+    assert render_module._unbound_globals("class A:\n    y = z\n    def f(self):\n        return self.y\nz = 1\n") == set()
+    tree = ast.parse("a = 1\ndef a():\n    pass\n")
+    with pytest.raises(RenderError, match="'a' is bound"):
+        render_module._check_bindings(tree, "a = 1\ndef a():\n    pass\n")
+    with pytest.raises(RenderError, match="nothing in the file defines"):
+        render_module._check_bindings(ast.parse("def f():\n    return q\n"), "def f():\n    return q\n")
+
+
+@pytest.mark.parametrize(("mlp", "expected"), [("swiglu", {"w1", "w2", "w3"}), ("gelu", {"w1", "w2"}), ("none", set())])
+def test_mlp_kinds_build_only_what_they_use(mlp: str, expected: set[str]) -> None:
     spec = ArchSpec(d_model=16, layers=(LayerSpec("retnet"),), vocab_size=9, mlp=mlp)
-    tree = ast.parse(render(spec))
-    mlp_classes = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "MLP"]
-    assert len(mlp_classes) == (0 if mlp == "none" else 1)
     block = build_module(spec).Model().layers[0]
-    assert {name for name, _ in block.named_children()} - {"norm1", "mixer", "norm2", "mlp"} == set()
     assert ({n for n, _ in block.mlp.named_children()} if mlp != "none" else set()) == expected
-    assert hasattr(block, "norm2") == (mlp != "none")
+    assert (block.norm2 is None) == (mlp == "none") and (block.mlp is None) == (mlp == "none")
 
 
 def test_registered_generated_modules_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -45,7 +45,8 @@ def test_state_grows_with_context_for_attention_only() -> None:
 
     assert state("attention", 2048) == 2 * state("attention", 1024)
     assert state("attention", 1024) == 1024 * 2 * 32 * 2  # K and V, H*dk = H*dv = 32, 2 bytes
-    assert state("swa", 1024, window=64) == state("swa", 4096, window=64) == 64 * 2 * 32 * 2
+    # A window keeps the last window - 1 tokens: all the next token attends to besides itself.
+    assert state("swa", 1024, window=64) == state("swa", 4096, window=64) == 63 * 2 * 32 * 2
     assert state("swa", 32, window=64) < state("swa", 64, window=64)
     for mixer in ("linear_attn", "gla", "gated_deltanet", "short_conv"):
         assert state(mixer, 128) == state(mixer, 65536) > 0
@@ -53,6 +54,19 @@ def test_state_grows_with_context_for_attention_only() -> None:
     assert state("gla", 100) == 4 * 8 * 8 * 2
     assert state("gla", 100, short_conv=True, conv_size=4) == (4 * 8 * 8 + 3 * 3 * 32) * 2
     assert state("gla", 100, expand_k=2.0) == 4 * 16 * 8 * 2
+
+
+@pytest.mark.parametrize("mixer", MIXERS)
+def test_state_is_what_the_decode_cache_holds(mixer: str) -> None:
+    """The registered cost's state elements equal the tensors a real forward leaves in the cache."""
+    torch.set_num_threads(1)
+    for short_conv in (False, True):
+        layer = LayerSpec(mixer, n_heads=2, short_conv=short_conv, conv_size=3, window=5, expand_k=0.5 if mixer in RECURRENT_MIXERS else 1.0)
+        spec = ArchSpec(d_model=16, layers=(layer,), vocab_size=7)
+        torch.manual_seed(0)
+        _, cache = build_model(spec)(torch.randint(0, 7, (1, 11)), use_cache=True)
+        held = sum(t.numel() for t in cache["layers"][0].values() if t is not None)
+        assert layer_cost(spec, 0, context_len=11).state_elements == held, short_conv
 
 
 def test_flops_per_token() -> None:

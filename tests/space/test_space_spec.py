@@ -12,10 +12,12 @@ def make(**kw) -> ArchSpec:
     return ArchSpec.from_hybrid(genes, d_model=64, n_layers=4, n_heads=2, vocab_size=32)
 
 
-def test_all_ten_mixers_registered() -> None:
+def test_every_registered_mixer_is_a_gene() -> None:
     assert set(MIXERS) == {
-        "attention", "swa", "linear_attn", "retnet", "gla", "mamba2", "hgrn2", "deltanet", "gated_deltanet", "short_conv",
+        "attention", "swa", "linear_attn", "retnet", "gla", "mamba2", "hgrn2", "deltanet", "gated_deltanet", "kda",
+        "mamba", "short_conv",
     }
+    assert MIXERS[:2] == ("attention", "swa")  # the full mixers first
     for m in MIXERS:
         ArchSpec(d_model=32, layers=(LayerSpec(mixer=m),), vocab_size=16)
 
