@@ -622,10 +622,13 @@ class Store:
             raise EvaluationNotFound(f"evaluation id {evaluation_id} not found")
         return ev
 
-    def mark_running(self, evaluation_id: int, host: str | None = None, device: str | None = None) -> None:
-        """queued (or running, when resumed) -> running; stamps started_at, host and device."""
+    def mark_running(
+        self, evaluation_id: int, host: str | None = None, device: str | None = None, worker: str | None = None
+    ) -> None:
+        """queued (or running, when resumed) -> running; stamps started_at, host, device and worker."""
         _check_text(host, "host", 255, optional=True)
         _check_text(device, "device", 255, optional=True)
+        _check_text(worker, "worker", 255, optional=True)
         with self._write() as s:
             ev = self._evaluation_for_update(s, evaluation_id)
             if ev.status in FINISHED_STATUSES:
@@ -634,6 +637,7 @@ class Store:
             ev.started_at = utcnow()
             ev.host = host
             ev.device = device
+            ev.worker = worker
 
     def finish_evaluation(
         self,
@@ -646,11 +650,13 @@ class Store:
         device: str | None = None,
         wall_time_s: float | None = None,
         weights: bytes | bytearray | memoryview | None = None,
+        worker: str | None = None,
     ) -> None:
         """Record a result: weights file first (content-addressed), then the row update and artifact in one commit.
 
+        `worker` names the process that ran it ("<ray node id[:8]>/<pid>", "inprocess/<pid>").
         Calling it again with the same status, metrics, error and weights is a no-op (the first call's
-        host, device and wall time are kept); a different result for a finished evaluation raises
+        host, worker, device and wall time are kept); a different result for a finished evaluation raises
         EvaluationAlreadyFinished. NaN and inf metrics are stored as null.
         """
         _check_choice(status, "status", FINISHED_STATUSES)
@@ -661,6 +667,7 @@ class Store:
             raise TypeError(f"error: got {type(error).__name__}, must be a string or None")
         _check_text(host, "host", 255, optional=True)
         _check_text(device, "device", 255, optional=True)
+        _check_text(worker, "worker", 255, optional=True)
         if wall_time_s is not None:
             if not isinstance(wall_time_s, numbers.Real) or isinstance(wall_time_s, bool):
                 raise TypeError(f"wall_time_s: got {wall_time_s!r}, must be a finite number >= 0 or None")
@@ -692,6 +699,7 @@ class Store:
             ev.metrics = metrics
             ev.error = error
             ev.host = host if host is not None else ev.host
+            ev.worker = worker if worker is not None else ev.worker
             ev.device = device if device is not None else ev.device
             ev.wall_time_s = wall_time_s
             ev.finished_at = now
@@ -742,6 +750,7 @@ class Store:
                     started_at=ev.started_at,
                     finished_at=ev.finished_at,
                     origin=ev.origin or "search",
+                    worker=ev.worker,
                 )
             )
         return out

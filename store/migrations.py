@@ -20,6 +20,17 @@ def _in(values: tuple[str, ...]) -> str:
     return ", ".join(f"'{v}'" for v in values)
 
 
+#: Evaluation columns added after version 2: the 1 -> 2 step leaves them to the later steps.
+_EVALUATION_COLUMNS_AFTER_V2 = ("worker",)
+
+
+def _v2_evaluations_ddl(engine: Engine) -> str:
+    """CREATE TABLE of the version 2 evaluations table: today's, less the columns added since."""
+    create = str(CreateTable(Evaluation.__table__).compile(dialect=engine.dialect)).strip()
+    lines = [ln for ln in create.splitlines() if ln.strip().split(" ", 1)[0] not in _EVALUATION_COLUMNS_AFTER_V2]
+    return "\n".join(lines)
+
+
 def _v1_to_v2_sqlite(engine: Engine) -> None:
     """Campaigns gain stop/lease columns; evaluations gain `origin` and the `invalid` status.
 
@@ -27,10 +38,10 @@ def _v1_to_v2_sqlite(engine: Engine) -> None:
     describe: foreign keys off, copy into the new layout, drop, rename, check the keys, commit.
     """
     table = Evaluation.__table__
-    create = str(CreateTable(table).compile(dialect=engine.dialect)).strip()
+    create = _v2_evaluations_ddl(engine)
     create = create.replace("CREATE TABLE hnas_evaluations (", "CREATE TABLE hnas_evaluations_v2 (", 1)
     indexes = [str(CreateIndex(ix).compile(dialect=engine.dialect)) for ix in table.indexes]
-    old_cols = [c.name for c in table.columns if c.name != "origin"]
+    old_cols = [c.name for c in table.columns if c.name != "origin" and c.name not in _EVALUATION_COLUMNS_AFTER_V2]
     cols = ", ".join(old_cols)
     raw = engine.raw_connection()
     try:
@@ -90,9 +101,22 @@ def _v1_to_v2_postgresql(engine: Engine) -> None:
         conn.execute(text("UPDATE hnas_meta SET value = '2' WHERE key = 'schema_version'"))
 
 
+def _v2_to_v3(engine: Engine) -> None:
+    """Evaluations gain `worker` (which Ray node and process ran each one): a nullable column, added
+    in place on SQLite and PostgreSQL alike; rows from before it keep null."""
+    with engine.execution_options(hnas_write=True).begin() as conn:  # SQLite: BEGIN IMMEDIATE
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("LOCK TABLE hnas_meta IN EXCLUSIVE MODE"))
+        if conn.execute(text("SELECT value FROM hnas_meta WHERE key = 'schema_version'")).scalar() != "2":
+            return  # another process migrated it while we waited
+        conn.execute(text("ALTER TABLE hnas_evaluations ADD COLUMN worker VARCHAR(255)"))
+        conn.execute(text("UPDATE hnas_meta SET value = '3' WHERE key = 'schema_version'"))
+
+
 #: from-version -> {dialect name -> step}
 MIGRATIONS: dict[int, dict[str, Callable[[Engine], None]]] = {
     1: {"sqlite": _v1_to_v2_sqlite, "postgresql": _v1_to_v2_postgresql},
+    2: {"sqlite": _v2_to_v3, "postgresql": _v2_to_v3},
 }
 
 

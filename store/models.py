@@ -35,7 +35,7 @@ from sqlalchemy.types import TypeDecorator
 from hybridnas.space.spec import ArchSpec
 
 #: Version of the table layout; a database with a newer one is refused (see `db.check_schema`).
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 CAMPAIGN_STATUSES: tuple[str, ...] = ("running", "stopped", "finished", "failed")
 #: invalid: the candidate failed the causality/equivalence checks and was never trained.
@@ -171,6 +171,9 @@ class Evaluation(Base):
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     origin: Mapped[str] = mapped_column(String(16), default="search", server_default="search")  # one of EVALUATION_ORIGINS
+    # The process that ran it, "<ray node id[:8]>/<pid>" or "inprocess/<pid>"; last, where ADD COLUMN
+    # puts it in a migrated table.
+    worker: Mapped[str | None] = mapped_column(String(255))
 
     __table_args__ = (
         UniqueConstraint("candidate_id", "task", "fidelity", "seed"),
@@ -235,6 +238,7 @@ class EvaluationInfo:
     started_at: datetime | None
     finished_at: datetime | None
     origin: str = "search"  # search | promotion | reseed
+    worker: str | None = None  # which process ran it (host names alone repeat across nodes of one machine)
 
     def to_dict(self) -> dict[str, Any]:
         return _jsonable({f: getattr(self, f) for f in self.__dataclass_fields__})

@@ -1,14 +1,15 @@
-"""A store written with schema version 1 opens, migrated in place, with every row kept."""
+"""A store written with an older schema version (1 or 2) opens, migrated in place, with every row kept."""
 
 from __future__ import annotations
 
 import hashlib
 from pathlib import Path
 
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, inspect, text
 
 from hybridnas.space.spec import ArchSpec, LayerSpec
 from hybridnas.store import SCHEMA_VERSION, Store
+from hybridnas.store.migrations import MIGRATIONS
 
 DATA = Path(__file__).parent / "data"
 
@@ -17,10 +18,11 @@ def _spec() -> ArchSpec:
     return ArchSpec(d_model=32, layers=(LayerSpec(mixer="gla", n_heads=2),), vocab_size=16)
 
 
-def _write_v1(url: str, dialect: str) -> None:
-    """The v1 tables and one campaign with a done evaluation, a failed one and a weights artifact."""
+def _write_old(url: str, dialect: str, version: int = 1) -> None:
+    """The tables of schema `version` and one campaign with a done evaluation, a failed one and a
+    weights artifact (only columns every old version has)."""
     engine = create_engine(url)
-    ddl = (DATA / f"schema_v1_{dialect}.sql").read_text()
+    ddl = (DATA / f"schema_v{version}_{dialect}.sql").read_text()
     spec = _spec()
     ts = "'2026-01-01 00:00:00'" if dialect == "sqlite" else "'2026-01-01 00:00:00+00'"
     with engine.begin() as conn:
@@ -67,14 +69,21 @@ def _check_migrated(url: str, tmp_path: Path) -> None:
         assert store.evaluation(ev).status == "invalid" and store.evaluation(ev).origin == "reseed"
         store.request_stop(info.id)
         assert store.stop_requested(info.id)
-    # Opening again finds version 2 and changes nothing.
+        # Rows from before version 3 ran on no known worker; new results name theirs.
+        assert [e.worker for e in evs] == [None, None]
+        ev = store.add_evaluation(1, task="mqar", fidelity=10, seed=3, origin="reseed")
+        store.mark_running(ev)
+        store.finish_evaluation(ev, status="done", metrics={"accuracy": 0.75}, host="h", worker="0123abcd/4242")
+        assert store.evaluation(ev).worker == "0123abcd/4242"
+        assert store.evaluation(ev).to_dict()["worker"] == "0123abcd/4242"
+    # Opening again finds the current version and changes nothing.
     with Store.open(url, artifacts_dir=tmp_path / "art", create=False) as store:
-        assert len(store.evaluations(1)) == 3
+        assert len(store.evaluations(1)) == 4
 
 
 def test_sqlite_v1_store_is_migrated(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'v1.db'}"
-    _write_v1(url, "sqlite")
+    _write_old(url, "sqlite")
     _check_migrated(url, tmp_path)
     engine = create_engine(url)
     with engine.connect() as conn:
@@ -87,5 +96,40 @@ def test_sqlite_v1_store_is_migrated(tmp_path: Path) -> None:
 
 
 def test_postgres_v1_store_is_migrated(pg_url: str, tmp_path: Path) -> None:
-    _write_v1(pg_url, "postgresql")
+    _write_old(pg_url, "postgresql")
     _check_migrated(pg_url, tmp_path)
+
+
+def _evaluation_columns(url: str) -> list[str]:
+    engine = create_engine(url)
+    try:
+        return [c["name"] for c in inspect(engine).get_columns("hnas_evaluations")]
+    finally:
+        engine.dispose()
+
+
+def test_sqlite_v2_store_gains_the_worker_column(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'v2.db'}"
+    _write_old(url, "sqlite", version=2)
+    assert "worker" not in _evaluation_columns(url)
+    _check_migrated(url, tmp_path)
+    assert _evaluation_columns(url)[-1] == "worker"  # where a fresh store has it too
+
+
+def test_postgres_v2_store_gains_the_worker_column(pg_url: str, tmp_path: Path) -> None:
+    _write_old(pg_url, "postgresql", version=2)
+    _check_migrated(pg_url, tmp_path)
+    assert _evaluation_columns(pg_url)[-1] == "worker"
+
+
+def test_v1_to_v2_step_builds_the_version_2_table(tmp_path: Path) -> None:
+    """The 1 -> 2 step rebuilds evaluations as version 2 had them; the worker column is the next step's."""
+    v1, v2 = f"sqlite:///{tmp_path / 'v1.db'}", f"sqlite:///{tmp_path / 'v2.db'}"
+    _write_old(v1, "sqlite")
+    _write_old(v2, "sqlite", version=2)
+    engine = create_engine(v1)
+    try:
+        MIGRATIONS[1]["sqlite"](engine)
+    finally:
+        engine.dispose()
+    assert _evaluation_columns(v1) == _evaluation_columns(v2)
