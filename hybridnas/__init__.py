@@ -19,12 +19,19 @@ _LAZY = {
     "render": "hybridnas.codegen",
     "build_model": "hybridnas.codegen",
     "export": "hybridnas.codegen",
+    "HybridLM": "hybridnas.mixers",
     "gated_linear_attention": "hybridnas.kernels",
     "gated_delta_rule": "hybridnas.kernels",
     "Store": "hybridnas.store",
-    "load_campaign": "hybridnas.search.campaign",
-    "Controller": "hybridnas.search.controller",
+    "load_campaign": "hybridnas.search",
+    "run_campaign": "hybridnas.search",
+    "open_campaign": "hybridnas.search.api",
+    "CampaignRun": "hybridnas.search",
+    "Controller": "hybridnas.search",
+    "Strategy": "hybridnas.search",
+    "Scheduler": "hybridnas.search",
     "make_executor": "hybridnas.workers",
+    "REGISTRY": "hybridnas.mixers",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from hybridnas.space import SearchSpace, SpaceFile, format_validation_error
+from hybridnas.workers.trainer import TrainConfig
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
@@ -34,21 +35,6 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class TrainingSection(_Strict):
-    """How every candidate is trained (the fidelity, in steps, may be raised per evaluation)."""
-
-    steps: int = Field(default=300, ge=1)  # optimizer steps at the base fidelity
-    batch_size: int = Field(default=32, ge=1)  # sequences per step
-    lr: float = Field(default=3e-3, gt=0)  # peak AdamW learning rate
-    weight_decay: float = Field(default=0.1, ge=0)  # AdamW decay on matrices (not norms, biases, embeddings)
-    warmup_frac: float = Field(default=0.1, ge=0, le=1)  # fraction of steps with linear warmup
-    min_lr_frac: float = Field(default=0.1, ge=0, le=1)  # cosine decays to lr * min_lr_frac
-    grad_clip: float = Field(default=1.0, gt=0)  # max global gradient norm
-    eval_batch_size: int = Field(default=256, ge=1)  # sequences per scoring batch
-
-
-#: Strategy names a campaign file may use (see hybridnas.search.strategies.STRATEGIES).
-STRATEGY_NAMES = ("random", "evolution", "grid", "tpe", "nsga2", "gp")
 #: Metrics the analytic cost model gives before training: bounds on them reject a design up front.
 ANALYTIC_METRICS = ("cost_params", "cost_flops_per_token", "cost_state_bytes")
 
@@ -70,7 +56,7 @@ class ReevaluateSection(_Strict):
 class SearchSection(_Strict):
     """Which strategy proposes candidates, and how many it may propose."""
 
-    strategy: Literal["random", "evolution", "grid", "tpe", "nsga2", "gp"] = "evolution"
+    strategy: str = "evolution"  # a name in hybridnas.search.strategies.STRATEGIES
     budget: int = Field(default=16, ge=1)  # distinct designs to evaluate (promotions and extra seeds come on top)
     population: int = Field(default=8, ge=2)  # evolution: population size (oldest dies first); nsga2: generation size
     tournament: int = Field(default=3, ge=1)  # evolution: candidates per tournament
@@ -78,6 +64,15 @@ class SearchSection(_Strict):
     n_startup: int = Field(default=10, ge=0)  # tpe, gp: random designs before the model takes over
     successive_halving: SuccessiveHalvingSection | None = None  # multi-fidelity; off = every design at training.steps
     reevaluate: ReevaluateSection | None = None  # extra seeds for the final top-k; off = one seed each
+
+    @field_validator("strategy")
+    @classmethod
+    def _strategy(cls, v: str) -> str:
+        from hybridnas.search.strategies import STRATEGIES
+
+        if v not in STRATEGIES:
+            raise ValueError(f"{v!r} is not allowed; allowed: {', '.join(STRATEGIES)}")
+        return v
 
 
 class ExecutionSection(_Strict):
@@ -148,7 +143,7 @@ class CampaignFile(_Strict):
     seed: int = 0  # seeds the strategy, the task data and every model's initialization
     task: dict[str, Any] = Field(default_factory=lambda: {"name": "mqar"})  # `name` plus that task's settings, or a suite
     space: SpaceFile = Field(default_factory=SpaceFile)
-    training: TrainingSection = Field(default_factory=TrainingSection)
+    training: TrainConfig = Field(default_factory=TrainConfig)
     search: SearchSection = Field(default_factory=SearchSection)
     execution: ExecutionSection = Field(default_factory=ExecutionSection)
     objectives: list[Objective] = Field(default_factory=lambda: [Objective()], min_length=1)  # the first one leads

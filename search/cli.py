@@ -14,7 +14,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from hybridnas.search.campaign import Campaign, CampaignFileError, load_campaign, parse_campaign
 from hybridnas.search.controller import Controller, Event, LeaseLost, RunSummary
-from hybridnas.workers import EXECUTORS, Executor, make_executor
+from hybridnas.search.api import executor_for
+from hybridnas.workers import EXECUTORS, Executor
 from hybridnas.search.export import export_candidate
 from hybridnas.store import CampaignBusy, Store, StoreError
 from hybridnas.store.cli import (
@@ -53,17 +54,8 @@ def _executor(campaign: Campaign, kind: str | None, workers: int | None, address
     """The executor the campaign runs on, with command-line overrides; bad options are usage errors."""
     if kind is not None and kind not in EXECUTORS:
         fail(f"--executor: {kind!r} is not allowed; allowed: {', '.join(EXECUTORS)}")
-    ex = campaign.file.execution
     try:
-        return make_executor(
-            kind or ex.executor,
-            workers=workers or ex.workers,
-            address=address if address is not None else ex.address,
-            cpus_per_worker=ex.cpus_per_worker,
-            gpus_per_worker=ex.gpus_per_worker,
-            max_retries=ex.max_retries,
-            replay_table=ex.replay_table,
-        )
+        return executor_for(campaign, kind, workers, address)
     except (ValueError, OSError) as e:
         fail(f"--executor/--address/execution: {e}")
         raise

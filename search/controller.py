@@ -1,51 +1,45 @@
-"""The controller: the only process that writes to the store during a campaign.
+"""The controller: the loop that keeps the workers busy and records every result.
 
-It keeps up to `executor.capacity` evaluations in flight and records each result the moment it
-arrives (one transaction per result, so a kill loses nothing that was recorded). Each free slot goes,
-in this order, to:
+It is the only process that writes to the store during a campaign. It keeps up to
+`executor.capacity` evaluations in flight and records each result the moment it arrives (one
+transaction per result, so a kill loses nothing that was recorded). Each free slot goes, in order,
+to a promotion from the scheduler, a new design from the strategy (until `search.budget` designs
+exist; known designs and those an analytic constraint refuses are skipped), or an extra seed from
+the scheduler once nothing else is left. Its parts:
 
-1. a promotion (multi-fidelity): asynchronous successive halving (ASHA, Li et al. 2020) over rungs
-   `training.steps / eta^k`: a candidate in the top 1/eta of the results finished at its rung is
-   re-trained at the next rung, as a new evaluation of the same candidate (origin "promotion");
-2. a new design from the strategy, until `search.budget` designs exist;
-3. extra seeds for the final top-k (noise-aware ranking, origin "reseed"), once nothing else is left.
+- the strategy (`hybridnas.search.strategies`): proposes designs, observes their scores;
+- the scheduler (`scheduler.py`): successive halving and extra seeds;
+- the lease (`lease.py`): one controller per campaign.
 
 Everything it needs to resume lives in the store. On start it replays every recorded base-rung
-result into a fresh strategy (in the order they were recorded), re-submits queued and running
+result into the strategy (in the order they were recorded), re-submits queued and running
 evaluations, and goes on. Every proposal's randomness is a function of (seed, candidate index,
 attempt), so a campaign killed at any moment and resumed proposes what an uninterrupted run with the
-same seed would have, given the same order of results.
-
-Liveness: the controller holds a lease on the campaign in the store, renewed by a heartbeat thread;
-a second controller is refused while the lease is live, and a killed one's lease simply expires.
-`campaign stop` sets a flag the loop polls: in-flight work is cancelled and handed back as queued,
-and the campaign is left "stopped", ready to resume.
+same seed would have, given the same order of results. `campaign stop` sets a flag the loop polls:
+in-flight work is cancelled and handed back as queued, and the campaign is left "stopped".
 """
 
 from __future__ import annotations
 
 import math
-import os
-import socket
 import threading
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from hybridnas.search.campaign import ANALYTIC_METRICS, Campaign
+from hybridnas.search.lease import LEASE_TTL_S, Lease
+from hybridnas.search.scheduler import Run, Scheduler
 from hybridnas.search.strategies import Observation, Proposal, Strategy, make_strategy
 from hybridnas.space import ArchSpec
 from hybridnas.space.cost import estimate_cost
-from hybridnas.store import CampaignBusy, Store
+from hybridnas.store import Store
 from hybridnas.workers import EvalRequest, EvalResult, Executor
 
 #: How many designs in a row a constraint may reject before the campaign stops proposing.
 MAX_REJECTIONS = 200
 #: Cap on known designs proposed in a row; a replaying strategy (after resume) proposes many of them.
 MAX_DUPLICATES = 100_000
-#: The controller's lease on its campaign; the heartbeat renews it every third of this.
-LEASE_TTL_S = 60.0
 #: How often the loop looks for a stop request while evaluations run.
 POLL_S = 1.0
 
@@ -95,40 +89,14 @@ def _number(metrics: dict[str, Any] | None, metric: str) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _owner_is_dead(owner: str) -> bool:
-    """True when a lease owner "host:pid:token" names a process of this host that no longer exists."""
-    host, _, rest = owner.partition(":")
-    pid_text = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid_text.isdigit():
-        return False  # another machine's controller: only its lease expiry can tell
-    try:
-        os.kill(int(pid_text), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
-
-
-def rung_steps(steps: int, eta: int, rungs: int) -> tuple[int, ...]:
-    """Training steps of each rung, lowest first: steps / eta^(rungs-1), ..., steps (at least 1 each)."""
-    out = [max(1, steps // eta ** (rungs - 1 - i)) for i in range(rungs)]
-    return tuple(sorted(set(out)))
-
-
-@dataclass
-class _Run:
-    """What the controller knows of one evaluation."""
-
-    candidate_id: int
-    fidelity: int
-    seed: int
-    origin: str
-    status: str
-    score: float | None = None  # primary objective oriented larger-is-better; None unless done and feasible
-
-
 class Controller:
+    """Runs one campaign to its budget (or until stopped); see the module docstring.
+
+    `strategy` and `scheduler` default to what the campaign file names; pass your own (a `Strategy`
+    subclass needs no registration). `force` takes the campaign even if another controller's lease
+    looks live.
+    """
+
     def __init__(
         self,
         store: Store,
@@ -137,6 +105,8 @@ class Controller:
         executor: Executor,
         on_event: Callable[[Event], None] | None = None,
         *,
+        strategy: Strategy | None = None,
+        scheduler: Scheduler | None = None,
         force: bool = False,
         lease_ttl_s: float = LEASE_TTL_S,
     ) -> None:
@@ -145,39 +115,26 @@ class Controller:
         self.campaign_id = campaign_id
         self.executor = executor
         self.on_event = on_event or (lambda e: None)
-        self.force = force  # take the campaign even if another controller's lease looks live
-        self.lease_ttl_s = lease_ttl_s
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         f = campaign.file
         self.objectives = tuple((o.metric, o.direction) for o in f.objectives)
-        self.strategy: Strategy = make_strategy(
-            f.search.strategy,
-            campaign.space,
-            f.seed,
-            directions=tuple(d for _, d in self.objectives),
-            storage=store.url if f.search.strategy in ("tpe", "nsga2", "gp") else None,
-            study_name=f"hybridnas.{campaign.name}",
-            population=f.search.population,
-            tournament=f.search.tournament,
-            crossover_prob=f.search.crossover_prob,
-            n_startup=f.search.n_startup,
+        self.strategy: Strategy = strategy or make_strategy(
+            f.search.strategy, campaign.space, f.seed, tuple(d for _, d in self.objectives), f.search
         )
+        self.scheduler = scheduler or Scheduler.from_campaign(f)
+        self.lease = Lease(store, campaign_id, lease_ttl_s, force)
         self.task_name = campaign.task.name
-        sh = f.search.successive_halving
-        self.rungs = rung_steps(f.training.steps, sh.eta, sh.rungs) if sh else (f.training.steps,)
-        self.eta = sh.eta if sh else 0
         self.pre_bounds = [b for b in f.constraints if b.metric in ANALYTIC_METRICS]
         self.post_bounds = [b for b in f.constraints if b.metric not in ANALYTIC_METRICS]
         self._specs: dict[int, ArchSpec] = {}
         self._labels: dict[int, str] = {}
-        self._runs: dict[int, _Run] = {}  # evaluation id -> what we know of it
+        self._runs: dict[int, Run] = {}  # evaluation id -> what we know of it
         self._in_flight: dict[int, int] = {}  # evaluation id -> candidate id
         self._generations: dict[int, int] = {}  # candidate id -> generation (lineage depth)
         self._hashes: set[str] = set()  # designs already in the campaign
         self._rejected: set[str] = set()  # designs a constraint refused
         self._known: dict[str, Observation] = {}  # spec hash -> what the strategy observed of that design
-        self._stop = threading.Event()  # set by request_stop() or a stop flag in the store
-        self._lost_lease = threading.Event()
+        self._stop = threading.Event()  # set by request_stop(), a stop flag in the store, or a lost lease
+        self._exhausted = False
         self.n_candidates = 0
         self.n_finished = 0
         self.n_failed = 0
@@ -200,7 +157,7 @@ class Controller:
             self._labels.setdefault(e.candidate_id, e.spec.describe())
             self._generations.setdefault(e.candidate_id, e.generation)
             self._hashes.add(e.spec.spec_hash)
-            self._runs[e.id] = _Run(e.candidate_id, e.fidelity, e.seed, e.origin, e.status)
+            self._runs[e.id] = Run(e.candidate_id, e.fidelity, e.seed, e.origin, e.status)
         self.n_candidates = len({e.candidate_id for e in evaluations})
         finished = [e for e in evaluations if e.status not in ("queued", "running")]
         finished.sort(key=lambda e: (e.finished_at is None, e.finished_at or 0, e.id))
@@ -282,49 +239,6 @@ class Controller:
             return proposal
         return None
 
-    # -- multi-fidelity and extra seeds -------------------------------------------------------------
-    def _promotion(self) -> tuple[int, int] | None:
-        """(candidate id, next rung's steps) of the best promotable candidate, highest rung first."""
-        if len(self.rungs) < 2:
-            return None
-        seed = self.campaign.file.seed
-        base = [r for r in self._runs.values() if r.seed == seed and r.origin in ("search", "promotion")]
-        for i in range(len(self.rungs) - 2, -1, -1):
-            at = [r for r in base if r.fidelity == self.rungs[i] and r.status not in ("queued", "running")]
-            k = len(at) // self.eta
-            if k == 0:
-                continue
-            promoted = {r.candidate_id for r in base if r.fidelity == self.rungs[i + 1]}
-            ranked = sorted(at, key=lambda r: (r.score is None, -(r.score or 0.0), r.candidate_id))
-            for r in ranked[:k]:
-                if r.score is not None and r.candidate_id not in promoted:
-                    return r.candidate_id, self.rungs[i + 1]
-        return None
-
-    def _top_candidates(self) -> list[tuple[int, int]]:
-        """(candidate id, fidelity) of the best candidates at their highest rung, best first."""
-        seed = self.campaign.file.seed
-        best: dict[int, _Run] = {}
-        for r in self._runs.values():
-            if r.seed == seed and r.origin != "reseed" and r.status == "done":
-                if r.candidate_id not in best or r.fidelity > best[r.candidate_id].fidelity:
-                    best[r.candidate_id] = r
-        ranked = sorted(best.values(), key=lambda r: (-r.fidelity, r.score is None, -(r.score or 0.0), r.candidate_id))
-        return [(r.candidate_id, r.fidelity) for r in ranked if r.score is not None]
-
-    def _reseed(self) -> tuple[int, int, int] | None:
-        """(candidate id, fidelity, seed) of the next extra-seed evaluation still to queue."""
-        re = self.campaign.file.search.reevaluate
-        if re is None:
-            return None
-        have = {(r.candidate_id, r.fidelity, r.seed) for r in self._runs.values()}
-        seed = self.campaign.file.seed
-        for cid, fidelity in self._top_candidates()[: re.top_k]:
-            for j in range(1, re.seeds + 1):
-                if (cid, fidelity, seed + j) not in have:
-                    return cid, fidelity, seed + j
-        return None
-
     # -- submitting and recording ---------------------------------------------------------------
     def _request(self, evaluation_id: int) -> EvalRequest:
         f = self.campaign.file
@@ -333,7 +247,7 @@ class Controller:
             evaluation_id=evaluation_id,
             spec_json=self._spec(run.candidate_id).to_json(),
             task=dict(f.task),
-            train=f.training.model_dump(),
+            train=f.training.to_dict(),
             steps=run.fidelity,
             seed=run.seed,
             timeout_s=f.execution.timeout_s,
@@ -359,6 +273,7 @@ class Controller:
             device=result.device,
             wall_time_s=result.wall_time_s,
             weights=result.weights,
+            worker=result.worker,
         )
         self._observe(result.evaluation_id, result.status, result.metrics)
         run = self._runs[result.evaluation_id]
@@ -372,11 +287,11 @@ class Controller:
     def _fill(self) -> bool:
         """Submit work into one free slot; False when there is nothing to submit right now."""
         f = self.campaign.file
-        promo = self._promotion()
+        promo = self.scheduler.promotion(self._runs.values())
         if promo is not None:
             cid, steps = promo
             ev = self.store.add_evaluation(cid, task=self.task_name, fidelity=steps, seed=f.seed, origin="promotion")
-            self._runs[ev] = _Run(cid, steps, f.seed, "promotion", "queued")
+            self._runs[ev] = Run(cid, steps, f.seed, "promotion", "queued")
             self.on_event(Event("promoted", cid, self._labels[cid], f"to {steps} steps"))
             self._submit(ev)
             return True
@@ -394,7 +309,7 @@ class Controller:
                     generation=generation,
                     parents=[(p, proposal.operator) for p in proposal.parents],
                     task=self.task_name,
-                    fidelity=self.rungs[0],
+                    fidelity=self.scheduler.first_rung,
                     seed=f.seed,
                 )
                 self.strategy.accepted(proposal, candidate_id)
@@ -402,7 +317,7 @@ class Controller:
                 self._specs[candidate_id] = spec
                 self._labels[candidate_id] = spec.describe()
                 self._hashes.add(spec.spec_hash)
-                self._runs[ev] = _Run(candidate_id, self.rungs[0], f.seed, "search", "queued")
+                self._runs[ev] = Run(candidate_id, self.scheduler.first_rung, f.seed, "search", "queued")
                 self.n_candidates += 1
                 self._submit(ev)
                 return True
@@ -410,12 +325,12 @@ class Controller:
         # final; they do not change it, so they run side by side.
         if any(self._runs[ev].origin != "reseed" for ev in self._in_flight):
             return False
-        nxt = self._reseed()
+        nxt = self.scheduler.reseed(self._runs.values())
         if nxt is None:
             return False
         cid, fidelity, seed = nxt
         ev = self.store.add_evaluation(cid, task=self.task_name, fidelity=fidelity, seed=seed, origin="reseed")
-        self._runs[ev] = _Run(cid, fidelity, seed, "reseed", "queued")
+        self._runs[ev] = Run(cid, fidelity, seed, "reseed", "queued")
         self.on_event(Event("reseeded", cid, self._labels[cid], f"seed {seed} at {fidelity} steps"))
         self._submit(ev)
         return True
@@ -429,16 +344,6 @@ class Controller:
     def stopping(self) -> bool:
         """A stop was requested (here or through the store) and the run is winding down."""
         return self._stop.is_set()
-
-    def _heartbeat(self, done: threading.Event) -> None:
-        while not done.wait(self.lease_ttl_s / 3):
-            try:
-                if not self.store.renew_lease(self.campaign_id, self.owner, self.lease_ttl_s):
-                    self._lost_lease.set()
-                    self._stop.set()
-                    return
-            except Exception:  # noqa: BLE001 - a failed renewal is retried on the next beat
-                continue
 
     def _should_stop(self) -> bool:
         if not self._stop.is_set() and self.store.stop_requested(self.campaign_id):
@@ -454,7 +359,7 @@ class Controller:
         self.on_event(Event("stopping", detail=f"{len(self._in_flight)} in flight handed back"))
         self.executor.close()
         self._in_flight.clear()
-        if self._lost_lease.is_set():
+        if self.lease.lost.is_set():
             return
         for ev, run in self._runs.items():
             if run.status == "running":
@@ -464,19 +369,11 @@ class Controller:
     # -- the loop ------------------------------------------------------------------------------
     def run(self) -> RunSummary:
         start = time.perf_counter()
-        try:
-            self.store.acquire_lease(self.campaign_id, self.owner, self.lease_ttl_s, force=self.force)
-        except CampaignBusy as e:
-            if not _owner_is_dead(e.owner):
-                raise
-            # Its controller was killed on this host (kill -9 leaves the lease behind): take over now.
-            self.store.acquire_lease(self.campaign_id, self.owner, self.lease_ttl_s, force=True)
-        done = threading.Event()
-        beat = threading.Thread(target=self._heartbeat, args=(done,), name="hybridnas-lease", daemon=True)
-        beat.start()
+        self.lease.acquire(on_lost=self._stop)
         self._exhausted = False
         stopped = False
         try:
+            self.strategy.attach(self.store.url, f"hybridnas.{self.campaign.name}")
             self.store.clear_stop(self.campaign_id)
             self.store.set_campaign_status(self.campaign_id, "running")
             for e in self._restore():
@@ -495,16 +392,14 @@ class Controller:
                     self._record(result)
             if stopped:
                 self._hand_back()
-                if self._lost_lease.is_set():
+                if self.lease.lost.is_set():
                     raise LeaseLost(f"campaign {self.campaign.name!r}: another controller took the lease; this one stopped")
                 self.store.set_campaign_status(self.campaign_id, "stopped")
             else:
                 self.store.set_campaign_status(self.campaign_id, "finished")
         finally:
-            done.set()
-            beat.join()
             self.strategy.close()
-            self.store.release_lease(self.campaign_id, self.owner)
+            self.lease.release()
         runs = self._runs.values()
         return RunSummary(
             self.n_finished,

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 from pydantic import ValidationError
+
+_FIELD = re.compile(r"([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*): ")
 
 
 def format_validation_error(error: ValidationError, prefix: str = "") -> list[str]:
@@ -14,7 +18,12 @@ def format_validation_error(error: ValidationError, prefix: str = "") -> list[st
         msg = e["msg"]
         if msg.startswith("Value error, "):
             msg = msg[len("Value error, "):]
-        if e["type"] == "extra_forbidden":
+        if e["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
             msg = "unknown field"
+        # A dataclass's own check names its field first ("steps: got 0, ..."): join it to the path.
+        named = _FIELD.match(msg)
+        if named and e["type"] == "value_error":
+            path = f"{path}.{named.group(1)}" if path else named.group(1)
+            msg = msg[named.end():]
         lines.append(f"{path}: {msg}" if path else msg)
     return lines

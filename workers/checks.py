@@ -204,4 +204,61 @@ def _check(model: nn.Module, vocab_size: int, seq_len: int, seed: int, batch_siz
     return causal_max, decode_max, tol
 
 
-__all__ = ["RTOL", "CheckFailed", "CheckReport", "check_model", "cut_points"]
+#: The most a block may write into the residual stream at init, as a multiple of the embedding's RMS.
+MAX_INIT_WRITE = 1.0
+
+
+def residual_writes(model: nn.Module, vocab_size: int, seq_len: int = 24, seed: int = 0, batch_size: int = 4) -> list[float]:
+    """RMS of what each block adds to the residual stream at the model's current weights, divided by the
+    RMS of the embedding output, on random tokens. [one ratio per block]
+
+    A block that starts out writing more than the embedding carries drowns the token identities
+    before training begins; one that writes far less is merely quiet. Mixers must start on equal
+    footing, or a ranking measures their initializations.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    device = next(model.parameters()).device
+    ids = torch.randint(vocab_size, (batch_size, seq_len), generator=gen).to(device)  # [B, T]
+    writes: list[float] = []
+
+    def hook(_module: nn.Module, inputs: tuple, output: tuple) -> None:
+        x_in, x_out = inputs[0], output[0]
+        writes.append(float((x_out - x_in).float().pow(2).mean().sqrt()))
+
+    handles = [block.register_forward_hook(hook) for block in model.layers]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            embedded = float(model.embed(ids).float().pow(2).mean().sqrt())
+            model(ids)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return [w / max(embedded, 1e-30) for w in writes]
+
+
+def check_init(model: nn.Module, vocab_size: int, seq_len: int = 24, seed: int = 0) -> float:
+    """The largest block write at init relative to the embedding (see `residual_writes`); CheckFailed
+    when it exceeds MAX_INIT_WRITE."""
+    ratios = residual_writes(model, vocab_size, seq_len, seed)
+    worst = max(range(len(ratios)), key=ratios.__getitem__)
+    if ratios[worst] > MAX_INIT_WRITE:
+        raise CheckFailed(
+            f"init parity: block {worst} writes {ratios[worst]:.3g}x the embedding's RMS into the residual stream "
+            f"at init (at most {MAX_INIT_WRITE:g}); its mixer starts louder than the tokens it reads"
+        )
+    return ratios[worst]
+
+
+__all__ = [
+    "MAX_INIT_WRITE",
+    "RTOL",
+    "CheckFailed",
+    "CheckReport",
+    "check_init",
+    "check_model",
+    "cut_points",
+    "residual_writes",
+]

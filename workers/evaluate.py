@@ -12,7 +12,6 @@ so a campaign records it and goes on.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import gc
 import json
@@ -28,7 +27,7 @@ from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from hybridnas.space import ArchSpec
-from hybridnas.workers.checks import CheckFailed, check_model
+from hybridnas.workers.checks import CheckFailed, check_init, check_model
 from hybridnas.workers.hardware import (
     MeasureConfig,
     default_device,
@@ -39,7 +38,7 @@ from hybridnas.workers.hardware import (
 )
 from hybridnas.workers.suite import SuiteMember, TaskSuite, build_task, suite_members
 from hybridnas.workers.tasks import Task, TaskData, make_task
-from hybridnas.workers.trainer import EvaluationFailed, TrainConfig, TrainResult, train
+from hybridnas.workers.trainer import Deadline, EvaluationFailed, FitResult, TrainConfig, fit
 
 _TRACEBACK_FRAMES = 3  # frames kept in the error text of an unexpected exception
 _CHECK_SEQ_LEN = 24  # tokens per sequence in the pre-training checks (longer than any conv width)
@@ -54,7 +53,7 @@ class EvalRequest:
     train: dict[str, Any]  # TrainConfig fields; missing ones take their defaults
     steps: int  # the fidelity: optimizer steps, overrides train["steps"]
     seed: int  # seeds the model init, the batch order and the task data
-    timeout_s: float | None = None  # bound on training + scoring (a suite: all members); None: train["time_limit_s"]
+    timeout_s: float | None = None  # bound on training + scoring (a suite: all members, every lr); None: no limit
     measure: dict[str, Any] = field(default_factory=dict)  # MeasureConfig fields; missing ones take defaults
     checks: bool = True  # check causality and decode equivalence before training; a failure is "invalid"
 
@@ -69,6 +68,7 @@ class EvalResult:
     device: str  # e.g. "cpu (1 threads)" or "cuda: NVIDIA H100 80GB HBM3"
     wall_time_s: float  # the whole evaluation, data and model setup included
     weights: bytes | None = field(default=None, repr=False)  # safetensors of the trained state_dict
+    worker: str | None = None  # the process that ran it, as its executor labels it: "<ray node id[:8]>/<pid>", "inprocess/<pid>"
 
     @property
     def ok(self) -> bool:
@@ -137,10 +137,15 @@ def _build_module(spec: ArchSpec) -> Any:
 METRICS: tuple[str, ...] = (
     "accuracy",  # test accuracy over target positions (a suite: weight-averaged over its members)
     "loss",  # test cross-entropy in nats (a suite: weight-averaged)
+    "val_accuracy",  # accuracy on the validation split carved from the training examples
+    "val_loss",  # cross-entropy on that split
     "train_loss",  # mean training loss over the last tenth of the steps (a suite: weight-averaged)
+    "lr",  # the learning rate kept (the best on validation when training.lr is a list)
+    "steps_to_target",  # with training.target: steps until validation reached it (twice the cap if never)
     "bits_per_byte",  # byte_lm: test loss in bits per byte
     "steps",  # optimizer steps taken (per member for a suite)
     "params",  # parameters of the built network
+    "init_write_ratio",  # at init, the largest block write into the residual stream / the embedding's RMS
     "train_tokens_per_s",  # training throughput on this device (a suite: all tokens / all training time)
     "prefill_tokens_per_s",  # no-grad forward throughput at measure.context_len, measure.batch_size
     "decode_tokens_per_s",  # one token per step through the cache, after a measure.prompt_len prefill
@@ -173,12 +178,22 @@ def _check_seq_len(spec: ArchSpec) -> int:
     return max(_CHECK_SEQ_LEN, min(max(windows, default=0) + 8, _CHECK_SEQ_LEN_MAX))
 
 
-def _extra_metrics(task: Task, result: TrainResult) -> dict[str, float]:
-    """The task's own metrics derived from its test loss and accuracy (e.g. byte_lm's bits_per_byte)."""
-    fn = getattr(task, "extra_metrics", None)
-    if fn is None:
-        return {}
-    return {str(k): float(v) for k, v in fn(result.loss, result.accuracy).items()}
+def _member_metrics(task: Task, fit: FitResult, cfg: TrainConfig) -> dict[str, float]:
+    """What one task's kept run scored: test and validation figures, the chosen rate, the sweep."""
+    run = fit.kept
+    metrics = {"accuracy": fit.accuracy, "loss": fit.loss, "train_loss": run.train_loss, "steps": float(run.steps)}
+    if math.isfinite(run.val_accuracy):
+        metrics |= {"val_accuracy": run.val_accuracy, "val_loss": run.val_loss}
+    metrics["lr"] = run.lr
+    if len(fit.runs) > 1:
+        metrics |= {f"val_accuracy@lr={r.lr:g}": r.val_accuracy for r in fit.runs}
+    if cfg.target is not None:
+        # A run that never reached the target counts twice the cap (PAR-2), behind every run that did.
+        metrics["steps_to_target"] = float(run.steps_to_target if run.steps_to_target is not None else 2 * cfg.steps)
+    extra = getattr(task, "extra_metrics", None)  # the task's own figures, e.g. byte_lm's bits_per_byte
+    if extra is not None:
+        metrics |= {str(k): float(v) for k, v in extra(fit.loss, fit.accuracy).items()}
+    return metrics
 
 
 def _weighted(values: list[tuple[float, float]]) -> float:
@@ -186,39 +201,27 @@ def _weighted(values: list[tuple[float, float]]) -> float:
     return sum(w * v for w, v in values) / sum(w for w, _ in values)
 
 
-#: One trained member: the member, its training result, its task's extra metrics.
-_Scored = tuple[SuiteMember, TrainResult, dict[str, float]]
+#: One trained member: the member, its sweep's result, its metrics.
+_Scored = tuple[SuiteMember, FitResult, dict[str, float]]
+#: Member metrics a suite does not average (a mean learning rate or sweep entry means nothing).
+_NOT_AVERAGED = ("lr", "val_accuracy@")
 
 
-def _score_metrics(task: Task | TaskSuite, results: list[_Scored]) -> dict[str, float]:
-    """accuracy, loss, train_loss, steps, train_tokens_per_s and extras; per member too for a suite."""
+def _score_metrics(task: Task | TaskSuite, results: list[_Scored], batch_size: int) -> dict[str, float]:
+    """The metrics of a task, or of a suite: each member's as "<key>.<metric>", and the weighted mean
+    of every metric all members share; plus the training throughput over every run."""
+    runs = [(m.task.seq_len, r) for m, fit, _ in results for r in fit.runs]
+    tokens = sum(r.steps * batch_size * seq_len for seq_len, r in runs)
+    throughput = tokens / max(sum(r.train_time_s for _, r in runs), 1e-12)
     if not isinstance(task, TaskSuite):
-        _, r, extra = results[0]
-        return {
-            "accuracy": r.accuracy,
-            "loss": r.loss,
-            "train_loss": r.train_loss,
-            "steps": float(r.steps),
-            "train_tokens_per_s": r.tokens_per_s,
-            **extra,
-        }
+        return {**results[0][2], "train_tokens_per_s": throughput}
     metrics: dict[str, float] = {}
-    for m, r, extra in results:
-        metrics.update({f"{m.key}.accuracy": r.accuracy, f"{m.key}.loss": r.loss})
-        metrics[f"{m.key}.train_loss"] = r.train_loss
-        metrics.update({f"{m.key}.{k}": v for k, v in extra.items()})
-    for name in ("accuracy", "loss", "train_loss"):
-        metrics[name] = _weighted([(m.weight, getattr(r, name)) for m, r, _ in results])
-    # An extra metric is averaged only when every member defines it (a mean over some members misleads).
-    shared = set.intersection(*(set(extra) for _, _, extra in results))
-    for name in sorted(shared):
-        metrics[name] = _weighted([(m.weight, extra[name]) for m, _, extra in results])
-    # All training tokens over all training time; tokens per member = steps * batch * seq_len, and
-    # the batch size, common to all members, cancels.
-    tokens = [r.steps * m.task.seq_len for m, r, _ in results]
-    seconds = sum(n / r.tokens_per_s for n, (_, r, _) in zip(tokens, results))
-    metrics["steps"] = float(results[0][1].steps)
-    metrics["train_tokens_per_s"] = sum(tokens) / max(seconds, 1e-12)
+    for m, _, own in results:
+        metrics |= {f"{m.key}.{k}": v for k, v in own.items()}
+    shared = set.intersection(*(set(own) for _, _, own in results))
+    for name in sorted(n for n in shared if not n.startswith(_NOT_AVERAGED)):
+        metrics[name] = _weighted([(m.weight, own[name]) for m, _, own in results])
+    metrics["train_tokens_per_s"] = throughput
     return metrics
 
 
@@ -253,15 +256,6 @@ def _parse(request: EvalRequest) -> tuple[ArchSpec, Task | TaskSuite, TrainConfi
     return spec, task, cfg, measure
 
 
-def _member_config(cfg: TrainConfig, timeout_s: float | None, deadline: float | None) -> TrainConfig:
-    """The member's TrainConfig with its time limit: train.time_limit_s, cut to what the request has left."""
-    if timeout_s is None:
-        return cfg
-    left = timeout_s if deadline is None else deadline - time.perf_counter()
-    limit = left if cfg.time_limit_s is None else min(cfg.time_limit_s, left)
-    return dataclasses.replace(cfg, time_limit_s=limit)
-
-
 def _run(request: EvalRequest, device: torch.device) -> tuple[dict[str, float], bytes]:
     spec, task, cfg, measure = _parse(request)
     module = _build_module(spec)  # rendered once; every member trains a fresh Model() of it
@@ -271,6 +265,7 @@ def _run(request: EvalRequest, device: torch.device) -> tuple[dict[str, float], 
         return module.Model()
 
     model = fresh_model()
+    init_write = check_init(model, spec.vocab_size, seed=request.seed)  # raises CheckFailed
     if request.checks:
         check_model(model, spec.vocab_size, seq_len=_check_seq_len(spec), seed=request.seed)  # raises CheckFailed
 
@@ -279,20 +274,15 @@ def _run(request: EvalRequest, device: torch.device) -> tuple[dict[str, float], 
     results: list[_Scored] = []
     kept: nn.Module | None = None  # the main member's trained model
     peak: int | None = None
-    deadline: float | None = None  # set when the first member starts: timeout_s bounds them all together
+    # timeout_s bounds every member (and every learning rate) together.
+    deadline = None if request.timeout_s is None else Deadline(time.perf_counter() + request.timeout_s, request.timeout_s)
     for i, member in enumerate(members):
         data = task_data(member.task, request.seed)
-        if i > 0:
-            model = fresh_model()
-        if deadline is not None and time.perf_counter() >= deadline:
+        if deadline is not None and deadline.passed():
             raise EvaluationFailed(f"time limit of {request.timeout_s:g}s exceeded before training {member.key}")
-        member_cfg = _member_config(cfg, request.timeout_s, deadline)
-        if request.timeout_s is not None and deadline is None:
-            deadline = time.perf_counter() + request.timeout_s
-        model = model.to(device)
         reset_peak_memory(device)
         try:
-            result = train(model, data, member_cfg, request.seed)
+            trained, result = fit(lambda: fresh_model().to(device), data, cfg, request.seed, deadline)
         except EvaluationFailed as e:
             if len(members) == 1:
                 raise
@@ -300,15 +290,16 @@ def _run(request: EvalRequest, device: torch.device) -> tuple[dict[str, float], 
         member_peak = peak_memory_bytes(device)
         if member_peak is not None:
             peak = member_peak if peak is None else max(peak, member_peak)
-        results.append((member, result, _extra_metrics(member.task, result)))
+        results.append((member, result, _member_metrics(member.task, result, cfg)))
         if member is main:
-            kept = model.to("cpu") if i < len(members) - 1 else model  # off the device while others train
-        del model
+            kept = trained.to("cpu") if i < len(members) - 1 else trained  # off the device while others train
+        del trained
 
     assert kept is not None
     kept = kept.to(device)
-    metrics = _score_metrics(task, results)
+    metrics = _score_metrics(task, results, cfg.batch_size)
     metrics["params"] = float(count_params(kept))
+    metrics["init_write_ratio"] = init_write
     if peak is not None:
         metrics["peak_memory_bytes"] = float(peak)
     metrics.update(_cost_metrics(spec, measure.context_len))

@@ -12,8 +12,8 @@ Lookup rules:
     recorded one (campaign seed 0 gets the first recorded seed, 1 the second, and so on, wrapping);
   - the request's task, training and measurement settings, normalized (`normalize_task`,
     `normalize_train`, `normalize_measure`), must equal the table's. Left out of the comparison:
-    the training fields that do not change a result (`steps`, which is the fidelity,
-    `time_limit_s`, `eval_batch_size`), and every measurement field but `context_len` (the others
+    the training fields that do not change a result (`steps`, which is the fidelity, and
+    `eval_batch_size`), and every measurement field but `context_len` (the others
     only set how long the timings run; `context_len` sets the context of the cost metrics).
 Anything else (unknown design or fidelity, different settings, an unreadable spec) comes back as a
 failed `EvalResult` whose error says why; the executor never raises for a request. Time limits are
@@ -39,7 +39,7 @@ from hybridnas.workers.executor import Executor
 TABLE_FORMAT = "hybridnas-tabular-benchmark"
 TABLE_VERSION = 1
 #: TrainConfig fields left out of the comparison: the fidelity, and fields that do not change a result.
-IGNORED_TRAIN_FIELDS: tuple[str, ...] = ("steps", "time_limit_s", "eval_batch_size")
+IGNORED_TRAIN_FIELDS: tuple[str, ...] = ("steps", "eval_batch_size")
 #: MeasureConfig fields compared: the others set only how long the hardware timings run.
 COMPARED_MEASURE_FIELDS: tuple[str, ...] = ("context_len",)
 
@@ -55,8 +55,8 @@ def normalize_train(train: dict[str, Any]) -> dict[str, Any]:
     """TrainConfig fields as floats/ints with defaults filled in, minus `IGNORED_TRAIN_FIELDS`."""
     from hybridnas.workers.trainer import TrainConfig
 
-    cfg = TrainConfig.from_dict({**train, "steps": 1, "time_limit_s": None})
-    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in IGNORED_TRAIN_FIELDS}
+    cfg = TrainConfig.from_dict({**train, "steps": 1})
+    return {k: v for k, v in cfg.to_dict().items() if k not in IGNORED_TRAIN_FIELDS}
 
 
 def normalize_measure(measure: dict[str, Any]) -> dict[str, Any]:

@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 
 from hybridnas.search.campaign import parse_campaign
-from hybridnas.search.controller import Controller, Event, LeaseLost, rung_steps
+from hybridnas.search.controller import Controller, Event, LeaseLost
+from hybridnas.search.scheduler import rung_steps
 from hybridnas.space import ArchSpec, estimate_cost
 from hybridnas.store import CampaignBusy, Store
 from hybridnas.workers import EvalRequest, EvalResult, Executor
@@ -426,7 +427,7 @@ def test_a_re_proposed_design_is_told_with_its_recorded_objectives(tmp_path: Pat
     values of both objectives (a FAIL would drop the design from the sampler's view)."""
     import optuna
 
-    from hybridnas.search.optuna_strategy import DISCARD_ATTR
+    from hybridnas.search.strategies.optuna_samplers import DISCARD_ATTR
 
     c = parse_campaign({
         "name": "tiny",

@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import make_url
 
-from hybridnas.search.optuna_strategy import CANDIDATE_ATTR, CONSTRAINT, DISCARD_ATTR, OptunaStrategy
+from hybridnas.search.strategies.optuna_samplers import CANDIDATE_ATTR, CONSTRAINT, DISCARD_ATTR, OptunaStrategy
 from hybridnas.search.strategies import Observation, make_strategy
 from hybridnas.space import ArchSpec, HybridChoices, LayerChoices, SpaceFile
 from hybridnas.store import Store

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from collections.abc import Callable
 
 import pytest
@@ -9,7 +10,7 @@ import torch
 from torch import nn
 
 from hybridnas.workers.tasks import make_task
-from hybridnas.workers.trainer import EvaluationFailed, TrainConfig, lr_at, param_groups, score, train
+from hybridnas.workers.trainer import Deadline, EvaluationFailed, Target, TrainConfig, fit, lr_at, param_groups, score, train
 
 EASY = {"name": "mqar", "vocab_size": 17, "seq_len": 16, "num_kv_pairs": 2, "num_train": 1000, "num_test": 100}
 FAST = TrainConfig(steps=80, batch_size=32, lr=3e-3, weight_decay=0.0, eval_batch_size=100)
@@ -21,14 +22,51 @@ def easy_data():
 
 
 def test_tiny_model_learns_easy_mqar(tiny_lm: Callable[..., nn.Module], easy_data, one_thread: None) -> None:
-    model = tiny_lm(17)
-    acc0, loss0 = score(model, easy_data.test_inputs, easy_data.test_targets, 100)
-    result = train(model, easy_data, FAST, seed=0)
+    acc0, loss0 = score(tiny_lm(17), easy_data.test_inputs, easy_data.test_targets, 100)
+    model, result = fit(lambda: tiny_lm(17), easy_data, FAST, seed=0)
     # Guessing among the 8 values gives 1/8; picking one of the two values in context gives 1/2.
     assert acc0 < 0.3
-    assert result.accuracy > 0.9
-    assert result.loss < 0.25 * loss0 and result.train_loss < 0.25 * loss0
-    assert result.steps == 80 and result.tokens_per_s > 0 and result.wall_time_s > 0
+    assert result.accuracy > 0.9 and result.kept.val_accuracy > 0.9
+    assert result.loss < 0.25 * loss0 and result.kept.train_loss < 0.25 * loss0
+    assert result.kept.steps == 80 and result.kept.tokens_per_s > 0 and result.wall_time_s > 0
+    assert result.kept.lr == 3e-3 and result.runs == (result.kept,) and result.kept.steps_to_target is None
+
+
+def test_validation_is_carved_from_training_never_from_test(easy_data) -> None:
+    from hybridnas.workers.tasks import row_key
+    from hybridnas.workers.trainer import split_validation
+
+    train_part, val = split_validation(easy_data, 0.1)
+    assert val is not None and val.test_inputs.shape[0] == 100 and train_part.train_inputs.shape[0] == 900
+    rows = lambda x: {row_key(r.numpy()) for r in x}  # noqa: E731
+    assert rows(val.test_inputs) <= rows(easy_data.train_inputs)
+    assert rows(val.test_inputs).isdisjoint(rows(train_part.train_inputs) | rows(easy_data.test_inputs))
+    assert torch.equal(train_part.test_inputs, easy_data.test_inputs)
+    assert split_validation(easy_data, 0.0) == (easy_data, None)
+
+
+def test_learning_rate_sweep_keeps_the_best_on_validation(tiny_lm: Callable[..., nn.Module], easy_data, one_thread: None) -> None:
+    cfg = TrainConfig(steps=60, batch_size=32, lr=(1e-5, 3e-3), weight_decay=0.0, eval_batch_size=100)
+    model, result = fit(lambda: tiny_lm(17), easy_data, cfg, seed=0)
+    assert [r.lr for r in result.runs] == [1e-5, 3e-3]
+    low, high = result.runs
+    assert high.val_accuracy > low.val_accuracy + 0.3  # 1e-5 barely moves in 60 steps
+    assert result.kept is high
+    # The test set scores the kept model: the same figure its weights give.
+    assert score(model, easy_data.test_inputs, easy_data.test_targets, 100)[0] == result.accuracy
+    # Each rate starts from the same initial weights (the factory is seeded).
+    again = fit(lambda: tiny_lm(17), easy_data, TrainConfig(**{**cfg.to_dict(), "lr": 3e-3}), seed=0)[1]
+    assert again.accuracy == result.accuracy
+
+
+def test_target_stops_early_and_counts_steps(tiny_lm: Callable[..., nn.Module], easy_data, one_thread: None) -> None:
+    cfg = TrainConfig(steps=400, batch_size=32, lr=3e-3, weight_decay=0.0, eval_batch_size=100, target=Target("accuracy", 0.9), eval_every=10)
+    _, result = fit(lambda: tiny_lm(17), easy_data, cfg, seed=0)
+    run = result.kept
+    assert run.steps_to_target is not None and run.steps == run.steps_to_target < 400 and run.steps % 10 == 0
+    assert run.val_accuracy >= 0.9
+    unreachable = TrainConfig(**{**cfg.to_dict(), "steps": 20, "target": {"metric": "loss", "value": 0.0}})
+    assert fit(lambda: tiny_lm(17), easy_data, unreachable, seed=0)[1].kept.steps_to_target is None
 
 
 def test_same_seed_gives_bit_identical_metrics(tiny_lm: Callable[..., nn.Module], easy_data, one_thread: None) -> None:
@@ -38,7 +76,7 @@ def test_same_seed_gives_bit_identical_metrics(tiny_lm: Callable[..., nn.Module]
         model = tiny_lm(17, seed=0)
         runs.append((train(model, easy_data, cfg, seed=seed), model.state_dict()))
     (a, wa), (b, wb), (c, _) = runs
-    assert (a.accuracy, a.loss, a.train_loss) == (b.accuracy, b.loss, b.train_loss)
+    assert (a.val_accuracy, a.val_loss, a.train_loss) == (b.val_accuracy, b.val_loss, b.train_loss)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     # Another seed reorders the batches, which must show in the training loss.
     assert a.train_loss != c.train_loss
@@ -76,9 +114,10 @@ class _Slow(nn.Module):
 
 
 def test_time_limit_raises_with_its_step(tiny_lm: Callable[..., nn.Module], easy_data) -> None:
-    cfg = TrainConfig(steps=10_000, batch_size=4, time_limit_s=0.1)
+    cfg = TrainConfig(steps=10_000, batch_size=4)
+    deadline = Deadline(time.perf_counter() + 0.1, 0.1)
     with pytest.raises(EvaluationFailed, match=r"^time limit of 0.1s exceeded at step \d+$") as err:
-        train(_Slow(tiny_lm(17)), easy_data, cfg, seed=0)
+        train(_Slow(tiny_lm(17)), easy_data, cfg, seed=0, deadline=deadline)
     step = int(re.search(r"step (\d+)", err.value.reason).group(1))
     assert 1 < step < 10_000
 
@@ -114,7 +153,11 @@ def test_no_decay_on_norms_biases_embeddings(tiny_lm: Callable[..., nn.Module]) 
         ("lr", math.inf),
         ("warmup_frac", 1.5),
         ("grad_clip", -1.0),
-        ("time_limit_s", 0),
+        ("steps", True),
+        ("lr", ()),
+        ("lr", (1e-3, 1e-3)),
+        ("val_fraction", 0.9),
+        ("eval_every", 0),
     ],
 )
 def test_train_config_validation_names_the_field(key: str, value: object) -> None:
@@ -126,5 +169,13 @@ def test_train_config_validation_names_the_field(key: str, value: object) -> Non
 
 def test_train_config_from_dict() -> None:
     assert TrainConfig.from_dict({"steps": 7, "lr": 1}) == TrainConfig(steps=7, lr=1.0)
+    assert TrainConfig.from_dict({"lr": [1e-3, 3e-3]}).lrs == (1e-3, 3e-3)
+    assert TrainConfig.from_dict({"lr": [2e-3]}).lr == 2e-3  # a one-item list is that rate
+    cfg = TrainConfig(lr=(1e-3, 3e-3), target=Target("loss", 0.5))
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg  # round-trips through JSON values
+    with pytest.raises(ValueError, match="val_fraction: 0 leaves no validation split"):
+        TrainConfig(val_fraction=0.0, lr=(1e-3, 3e-3))
+    with pytest.raises(ValueError, match="target.metric"):
+        Target("f1", 0.5)
     with pytest.raises(ValueError, match=r"^train\.epochs: unknown option; allowed: .*steps"):
         TrainConfig.from_dict({"epochs": 3})

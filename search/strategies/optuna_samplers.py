@@ -15,9 +15,10 @@ depths that reach them. `accepted` ties the trial to its candidate (user attr `h
   discard "duplicate"      the existing candidate's outcome as above, or FAIL while it is unfinished
   discard "constraint..."  FAIL: an analytic bound refused it before training, so there are no values
 
-Storage: `storage` is an SQLAlchemy URL, normally the campaign's store URL, so Optuna's tables sit
-beside the `hnas_*` ones and `optuna-dashboard <store URL>` shows the study; None keeps the study in
-memory. The controller is the only process that touches the study, and Optuna's heartbeat (which
+Storage: by default (`storage="store"`) the study lives in the campaign's own database, which the
+controller names in `attach`, so Optuna's tables sit beside the `hnas_*` ones and
+`optuna-dashboard <store URL>` shows the study; an explicit SQLAlchemy URL puts it there instead,
+and None (or a strategy used without a controller) keeps it in memory. The controller is the only process that touches the study, and Optuna's heartbeat (which
 needs `study.optimize`) is not used: instead, on start, a RUNNING trial that never became a candidate
 (the controller died between ask and accepted) is told FAIL.
 
@@ -41,7 +42,7 @@ import hashlib
 import importlib.util
 import math
 import warnings
-from typing import Any
+from typing import Any, Mapping
 
 import optuna
 from optuna.distributions import CategoricalDistribution
@@ -50,7 +51,7 @@ from optuna.trial import Trial, TrialState, create_trial
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
 
-from hybridnas.search.strategies import Observation, Proposal, Strategy
+from hybridnas.search.strategies.base import Observation, Proposal, Strategy, setting
 from hybridnas.space import SearchSpace
 
 __all__ = ["CANDIDATE_ATTR", "CONSTRAINT", "DISCARD_ATTR", "MODEL_ATTEMPTS", "SAMPLERS", "OptunaStrategy", "derive_seed"]
@@ -116,7 +117,7 @@ class OptunaStrategy(Strategy):
         directions: tuple[str, ...] = ("maximize",),
         *,
         sampler: str = "tpe",
-        storage: str | None = None,
+        storage: str | None = "store",
         study_name: str | None = None,
         load_if_exists: bool = True,
         n_startup: int = 10,
@@ -133,7 +134,7 @@ class OptunaStrategy(Strategy):
             raise ValueError("directions: needs at least one objective")
         if sampler == "gp" and importlib.util.find_spec("scipy") is None:
             raise ImportError("search.strategy 'gp' needs scipy (pip install scipy)")
-        if storage is not None and not study_name:
+        if storage not in (None, "store") and not study_name:
             raise ValueError("study_name: required with a storage, so that a resumed campaign finds its study")
         if n_startup < 0:
             raise ValueError(f"n_startup: {n_startup} must be >= 0")
@@ -143,25 +144,61 @@ class OptunaStrategy(Strategy):
         self.n_startup = n_startup  # random trials before TPE / GP model the results
         self.population = population  # NSGA-II generation size
         self.crossover_prob = crossover_prob  # NSGA-II: chance a child mixes two parents
+        self.load_if_exists = load_if_exists
+        self.storage_setting = storage  # "store": the campaign's database (see attach); None: memory; or a URL
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        self._storage = _rdb_storage(storage) if storage is not None else None
+        self._storage: optuna.storages.RDBStorage | None = None
+        self._study: optuna.Study | None = None
         self._running: dict[int, Trial] = {}  # candidate id -> its unfinished trial
         self._finished: set[int] = set()  # candidate ids whose trial is told
+        if storage not in (None, "store"):
+            self._open(storage, study_name)
+
+    @classmethod
+    def from_settings(
+        cls, space: SearchSpace, seed: int, directions: tuple[str, ...], settings: Mapping[str, Any], sampler: str = "tpe"
+    ) -> OptunaStrategy:
+        return cls(
+            space,
+            seed,
+            directions,
+            sampler=sampler,
+            n_startup=setting(settings, "n_startup", 10),
+            population=setting(settings, "population", 8),
+            crossover_prob=setting(settings, "crossover_prob", 0.9),
+        )
+
+    def attach(self, store_url: str | None, study_name: str) -> None:
+        """Keep the study in the campaign's database (unless told otherwise), under `study_name`."""
+        if self._study is None:
+            self._open(store_url if self.storage_setting == "store" else self.storage_setting, study_name)
+
+    def _open(self, url: str | None, study_name: str | None) -> None:
+        """Create (or, on resume, load) the study: in the database at `url`, or in memory."""
         try:
-            self.study = optuna.create_study(
+            self._storage = _rdb_storage(url) if url is not None else None
+            self._study = optuna.create_study(
                 storage=self._storage,
                 study_name=study_name,
                 directions=list(self.directions),
-                sampler=self._sampler(derive_seed(seed, "start")),
-                load_if_exists=load_if_exists,
+                sampler=self._sampler(derive_seed(self.seed, "start")),
+                load_if_exists=self.load_if_exists,
             )
-            found = tuple(d.name.lower() for d in self.study.directions)
+            found = tuple(d.name.lower() for d in self._study.directions)
             if found != self.directions:
                 raise ValueError(f"directions: study {study_name!r} has {', '.join(found)}, the campaign wants {', '.join(self.directions)}")
             self._resume()
         except BaseException:
             self.close()
             raise
+
+    @property
+    def study(self) -> optuna.Study:
+        """The study; in memory when nothing attached the strategy to a store."""
+        if self._study is None:
+            self._open(None, None)
+        assert self._study is not None
+        return self._study
 
     # -- samplers ------------------------------------------------------------------------------
     def _sampler(self, seed: int) -> BaseSampler:
