@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from hybridnas.report.cli import report_command
-from hybridnas.search.cli import campaign_app, export_command
+from hybridnas.search.cli import campaign_app, evaluate_command, export_command
 from hybridnas.space.cli import space_app
 from hybridnas.store.cli import query_app
 
@@ -18,6 +18,7 @@ app.add_typer(campaign_app, name="campaign")
 app.add_typer(query_app, name="query", help="Leaderboards, Pareto fronts and lineage from the store.")
 app.add_typer(space_app, name="space")
 app.command("export")(export_command)
+app.command("evaluate")(evaluate_command)
 app.command("report")(report_command)
 
 

@@ -25,6 +25,7 @@ from hybridnas.store.cli import (
     campaign_list,
     campaign_show,
     open_store,
+    emit,
     print_leaderboard,
 )
 
@@ -308,3 +309,43 @@ def export_command(
         out.print(f"exported candidate {candidate_id} to {path}")
     finally:
         st.close()
+
+
+def evaluate_command(
+    export_dir: Path = typer.Argument(..., help="An export folder (from `hybridnas export` or a launch)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the fresh test data [default: one the campaign never used]."),
+    num_test: Optional[int] = typer.Option(None, "--num-test", min=1, help="Fresh test sequences [default: as many as the campaign's]."),
+    fmt: FormatOption = OutputFormat.table,
+) -> None:
+    """Re-score an export on freshly generated test data and compare with the score it was exported with."""
+    from hybridnas.workers.rescore import rescore_export
+
+    try:
+        r = rescore_export(export_dir, seed=seed, num_test=num_test)
+    except (FileNotFoundError, ValueError) as e:
+        fail(str(e))
+        raise
+    row = {
+        "task": r.task,
+        "trained_seed": r.trained_seed,
+        "fresh_seed": r.seed,
+        "sequences": r.num_sequences,
+        "stored_accuracy": r.stored_accuracy,
+        "fresh_accuracy": r.accuracy,
+        "fresh_low": r.low,
+        "fresh_high": r.high,
+        "fresh_loss": r.loss,
+        "margin": r.margin,
+        "agree": r.agree,
+    }
+    if fmt != OutputFormat.table:
+        emit([row], fmt)
+        return
+    stored = "n/a" if r.stored_accuracy is None else f"{r.stored_accuracy:.4f}"
+    out.print(f"{export_dir}: {r.task}, trained with seed {r.trained_seed}")
+    out.print(f"  stored accuracy  {stored}  (on {r.stored_num_test or '?'} test sequences)")
+    out.print(f"  fresh accuracy   {r.accuracy:.4f}  95% interval [{r.low:.4f}, {r.high:.4f}]  ({r.num_sequences} sequences, seed {r.seed})")
+    if r.agree is not None:
+        diff = r.accuracy - r.stored_accuracy  # type: ignore[operator]
+        verdict = "agree" if r.agree else "DIFFER"
+        out.print(f"  difference {diff:+.4f}, allowed ±{r.margin:.4f} (1.96 standard errors of the difference): {verdict}")

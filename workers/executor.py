@@ -80,7 +80,7 @@ class InProcessExecutor(Executor):
     def wait(self, timeout: float | None = None) -> list[EvalResult]:
         if not self._queue:
             return []
-        return [evaluate(self._queue.popleft(), self._device)]
+        return [replace(evaluate(self._queue.popleft(), self._device), worker=inprocess_worker())]
 
     @property
     def in_flight(self) -> int:
@@ -91,21 +91,30 @@ class InProcessExecutor(Executor):
         self._closed = True
 
 
+def inprocess_worker() -> str:
+    """The `worker` label of an evaluation run in this process."""
+    return f"inprocess/{os.getpid()}"
+
+
 class _EvalActor:
     """The body of one Ray worker: a process that evaluates requests one after another."""
 
     def __init__(self, cpus: int) -> None:
+        import ray
+
         # One intra-op thread per reserved core: oversubscribed OpenMP threads (two processes with
         # two threads on two cores) run many times slower than one thread each.
         torch.set_num_threads(cpus)
         self._host = socket.gethostname()
+        # Several nodes can share one host name (or one machine): the node id tells them apart.
+        self._worker = f"{ray.get_runtime_context().get_node_id()[:8]}/{os.getpid()}"
 
-    def info(self) -> tuple[str, int]:
-        """(hostname, process id) of this worker."""
-        return self._host, os.getpid()
+    def info(self) -> tuple[str, int, str]:
+        """(hostname, process id, worker label "<node id[:8]>/<pid>") of this worker."""
+        return self._host, os.getpid(), self._worker
 
     def run(self, request: EvalRequest) -> EvalResult:
-        return evaluate(request)
+        return replace(evaluate(request), worker=self._worker)
 
 
 @dataclass(frozen=True)
@@ -144,6 +153,10 @@ class RayExecutor(Executor):
     busy `kill_grace_s` after its request's `timeout_s` is killed and its request failed, not retried:
     a hang inside a kernel would hang again (its trainer checks the limit itself; this catches the
     rest). An evaluation that raises is already a failed result from `evaluate`, never retried.
+
+    Requests go only to actors that have started. A replacement for an actor lost with its node may
+    find no free CPU left in the cluster and stay pending; the requests then wait for the surviving
+    actors instead of for it (and it takes work as soon as a node with room joins).
     """
 
     def __init__(
@@ -175,29 +188,55 @@ class RayExecutor(Executor):
         if gpus_per_worker > 0:
             options["num_gpus"] = gpus_per_worker
         self._actor_cls = ray.remote(**options)(_EvalActor)
-        self._info: dict[Any, Any] = {}  # actor -> ObjectRef of its (hostname, pid), asked at start
-        self._idle: list[Any] = [self._new_actor() for _ in range(workers)]
+        self._info: dict[Any, Any] = {}  # live actor -> ObjectRef of its (hostname, pid, worker), asked at start
+        self._starting: dict[Any, Any] = {}  # ObjectRef of info -> actor that has not answered it yet
+        self._start_failures = 0  # actors in a row that died before answering `info`
+        self._idle: list[Any] = []  # started actors with nothing to run
         self._queue: deque[_Queued] = deque()
         self._running: dict[Any, _Running] = {}  # ObjectRef -> what it is running
         self._closed = False
+        for _ in range(workers):
+            self._new_actor()
 
     # -- actors ---------------------------------------------------------------------------------
-    def _new_actor(self) -> Any:
+    def _new_actor(self) -> None:
         actor = self._actor_cls.remote(self._cpus)
-        self._info[actor] = actor.info.remote()
-        return actor
+        ref = actor.info.remote()
+        self._info[actor] = ref
+        self._starting[ref] = actor
 
-    def _host_of(self, actor: Any) -> str:
+    def _started(self, ref: Any) -> None:
+        """The actor behind info `ref` answered (it takes work now) or died first (replaced)."""
+        import ray
+
+        actor = self._starting.pop(ref)
+        try:
+            ray.get(ref)
+        except Exception as e:  # noqa: BLE001 - any start failure: its node died, or it cannot import us
+            self._start_failures += 1
+            # Bounded: a node that cannot run a worker at all would otherwise be retried forever.
+            if self._start_failures > 3 * self.capacity:
+                raise RuntimeError(f"Ray workers fail to start ({self._start_failures} in a row); last error: {_first_line(e)}") from e
+            self._replace(actor)
+            return
+        self._start_failures = 0
+        self._idle.append(actor)
+
+    def _labels(self, actor: Any) -> tuple[str, str | None]:
+        """(hostname, worker label) of `actor`, or ("unknown", None) when it never answered."""
         import ray
 
         ref = self._info.get(actor)
         if ref is None:
-            return "unknown"
+            return "unknown", None
         try:
             ready, _ = ray.wait([ref], timeout=0)
-            return ray.get(ready[0])[0] if ready else "unknown"
+            if not ready:
+                return "unknown", None
+            host, _pid, worker = ray.get(ready[0])
+            return host, worker
         except Exception:  # noqa: BLE001 - the actor is gone; its host is only a label
-            return "unknown"
+            return "unknown", None
 
     def worker_pids(self, timeout: float | None = 60.0) -> list[int]:
         """Process ids of the live worker actors (waits for actors still starting)."""
@@ -208,7 +247,8 @@ class RayExecutor(Executor):
     def _retire(self, actor: Any) -> None:
         import ray
 
-        self._info.pop(actor, None)
+        ref = self._info.pop(actor, None)
+        self._starting.pop(ref, None)
         try:
             ray.kill(actor, no_restart=True)
         except Exception:  # noqa: BLE001 - already dead
@@ -217,7 +257,7 @@ class RayExecutor(Executor):
     def _replace(self, actor: Any) -> None:
         self._retire(actor)
         if not self._closed:
-            self._idle.append(self._new_actor())
+            self._new_actor()
 
     def _dispatch(self) -> None:
         while self._idle and self._queue:
@@ -231,14 +271,16 @@ class RayExecutor(Executor):
 
     def _failed(self, run: _Running, error: str) -> EvalResult:
         started = run.started if run.job.first_started is None else run.job.first_started
+        host, worker = self._labels(run.actor)
         return EvalResult(
             evaluation_id=run.request.evaluation_id,
             status="failed",
             metrics={},
             error=error,
-            host=self._host_of(run.actor),
+            host=host,
             device="unknown",
             wall_time_s=time.monotonic() - started,  # every attempt, from the first dispatch
+            worker=worker,
         )
 
     # -- interface ------------------------------------------------------------------------------
@@ -251,12 +293,14 @@ class RayExecutor(Executor):
     def _collect(self, ref: Any) -> EvalResult | None:
         """The result behind `ref`, or None when its worker died and the request was queued again."""
         import ray
-        from ray.exceptions import RayActorError, WorkerCrashedError
+        from ray.exceptions import NodeDiedError, ObjectLostError, RayActorError, WorkerCrashedError
 
         run = self._running.pop(ref)
         try:
             result = ray.get(ref)
-        except (RayActorError, WorkerCrashedError) as e:  # ActorDiedError is a RayActorError
+        # ActorDiedError and ActorUnavailableError are RayActorErrors; a result lost with its node
+        # (ObjectLostError) is a lost worker too, never the candidate's fault.
+        except (RayActorError, WorkerCrashedError, NodeDiedError, ObjectLostError) as e:
             deaths = run.job.deaths + 1
             failed = None
             if deaths > self.max_retries:
@@ -295,18 +339,25 @@ class RayExecutor(Executor):
 
         end = None if timeout is None else time.monotonic() + timeout
         results: list[EvalResult] = []
-        while self._running:
+        # Queued requests wait for an actor to start (or for a running one to finish).
+        while self._running or (self._queue and self._starting):
             now = time.monotonic()
             wait_for = None if end is None else max(0.0, end - now)
             kills = [d for d in map(self._kill_deadline, self._running.values()) if d is not None]
             if kills:
                 to_kill = max(0.0, min(kills) - now)
                 wait_for = to_kill if wait_for is None else min(wait_for, to_kill)
-            refs = list(self._running)
+            refs = list(self._running) + (list(self._starting) if self._queue else [])
             ready, _ = ray.wait(refs, num_returns=1, timeout=wait_for)
             if ready:  # take everything finished by now, not just the first
                 ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
-            results.extend(r for r in map(self._collect, ready) if r is not None)
+            for ref in ready:
+                if ref in self._starting:
+                    self._started(ref)
+                else:
+                    result = self._collect(ref)
+                    if result is not None:
+                        results.append(result)
             results.extend(self._kill_overdue())
             self._dispatch()
             if results or (end is not None and time.monotonic() >= end):
@@ -324,10 +375,10 @@ class RayExecutor(Executor):
 
         self._closed = True
         self._queue.clear()
-        actors = self._idle + [run.actor for run in self._running.values()]
-        self._idle, self._running = [], {}
+        actors = list(self._info) + [run.actor for run in self._running.values()]
+        self._idle, self._running, self._starting = [], {}, {}
         if ray.is_initialized():
-            for actor in actors:
+            for actor in dict.fromkeys(actors):
                 self._retire(actor)
             if self._started_ray:
                 ray.shutdown()

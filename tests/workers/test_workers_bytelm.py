@@ -178,12 +178,12 @@ def test_pin_rejects_a_changed_corpus(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_a_tiny_model_trains_a_few_steps(one_thread: None) -> None:
     from hybridnas.codegen import build_model
     from hybridnas.space import ArchSpec, LayerSpec
-    from hybridnas.workers.trainer import TrainConfig, train
+    from hybridnas.workers.trainer import TrainConfig, fit
 
     task = make_task({**CFG, "num_train": 32, "num_test": 16})
     spec = ArchSpec(d_model=16, layers=(LayerSpec("short_conv"), LayerSpec("attention", n_heads=2)), vocab_size=256)
     torch.manual_seed(0)
-    result = train(build_model(spec), task.generate(0), TrainConfig(steps=4, batch_size=8, eval_batch_size=16), seed=0)
+    _, result = fit(lambda: build_model(spec), task.generate(0), TrainConfig(steps=4, batch_size=8, eval_batch_size=16), seed=0)
     assert 0.0 <= result.accuracy <= 1.0 and math.isfinite(result.loss)
     # An untrained byte model sits near 8 bits per byte; it can only be finite and positive here.
     assert 0 < task.extra_metrics(result.loss, result.accuracy)["bits_per_byte"] < 16

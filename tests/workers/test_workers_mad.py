@@ -348,12 +348,12 @@ def test_defaults_are_the_documented_mad_scaled_sizes() -> None:
 def test_a_tiny_model_trains_a_few_steps(name: str, one_thread: None) -> None:
     from hybridnas.codegen import build_model
     from hybridnas.space import ArchSpec, LayerSpec
-    from hybridnas.workers.trainer import TrainConfig, train
+    from hybridnas.workers.trainer import TrainConfig, fit
 
     task = _task(name, num_train=32, num_test=16)
     layers = (LayerSpec("short_conv"), LayerSpec("attention", n_heads=2))
     spec = ArchSpec(d_model=16, layers=layers, vocab_size=task.vocab_size)
     torch.manual_seed(0)
-    result = train(build_model(spec), task.generate(0), TrainConfig(steps=4, batch_size=8, eval_batch_size=16), seed=0)
-    assert 0.0 <= result.accuracy <= 1.0 and math.isfinite(result.loss) and math.isfinite(result.train_loss)
-    assert result.steps == 4
+    _, result = fit(lambda: build_model(spec), task.generate(0), TrainConfig(steps=4, batch_size=8, eval_batch_size=16), seed=0)
+    assert 0.0 <= result.accuracy <= 1.0 and math.isfinite(result.loss) and math.isfinite(result.kept.train_loss)
+    assert result.kept.steps == 4

@@ -96,7 +96,7 @@ def test_a_recorded_failure_replays_as_failed(table_path: Path) -> None:
 def test_settings_that_do_not_change_a_result_are_ignored(table_path: Path) -> None:
     ex = ReplayExecutor(table_path)
     # Defaults spelled out, the time limit and the scoring batch do not matter; steps is the fidelity.
-    train = {**TRAIN, "weight_decay": 0.1, "eval_batch_size": 7, "time_limit_s": 5.0, "steps": 1000}
+    train = {**TRAIN, "weight_decay": 0.1, "eval_batch_size": 7, "steps": 1000}
     task = {**TASK, "power_a": 0.01}
     measure = {"decode_tokens": 3, "repeats": 1, "context_len": 512}  # timings only; the context is the table's
     r = ex.answer(request(designs()[0], train=train, task=task, measure=measure, timeout_s=0.001))

@@ -189,6 +189,28 @@ TASKS: dict[str, type] = {
 }
 
 
+def fresh_test_set(task: Task, trained_seed: int, fresh_seed: int, num_test: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`num_test` test sequences (inputs, targets [N, T]) drawn with `fresh_seed`, none of them a
+    training sequence of `trained_seed` (so a model trained with it has never seen one).
+
+    A task whose examples depend on the seed beyond sampling (memorization's key-value table)
+    defines `generate_fresh(trained_seed, fresh_seed)` to keep what the model learned.
+    """
+    check_seed(fresh_seed)
+    config = task.to_dict()
+    if "num_test" not in config:
+        raise TaskConfigError("num_test", f"task {task.name} has no test set size to set")
+    drawn = num_test + num_test // 4 + 16  # a margin for the sequences that were training ones
+    fresh = make_task({**config, "num_test": drawn, "num_train": 1})
+    generate_fresh = getattr(fresh, "generate_fresh", None)
+    data = generate_fresh(trained_seed, fresh_seed) if generate_fresh is not None else fresh.generate(fresh_seed)
+    seen = {row_key(row) for row in task.generate(trained_seed).train_inputs.numpy()}
+    keep = [i for i, row in enumerate(data.test_inputs.numpy()) if row_key(row) not in seen][:num_test]
+    if len(keep) < num_test:
+        raise TaskConfigError("num_test", f"only {len(keep)} fresh sequences are not training ones; ask for fewer")
+    return data.test_inputs[keep], data.test_targets[keep]
+
+
 def make_task(config: dict[str, Any]) -> Task:
     """Build a task from a dict such as {"name": "mqar", "vocab_size": 64, "seq_len": 64, ...}."""
     if not isinstance(config, dict):
@@ -230,6 +252,7 @@ __all__ = [
     "check_seed",
     "config_from_dict",
     "draw_distinct",
+    "fresh_test_set",
     "generate_mqar",
     "make_task",
     "row_key",

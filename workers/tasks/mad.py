@@ -404,10 +404,11 @@ def memorization_map(cfg: MemorizationConfig, seed: int) -> np.ndarray:
     return cfg.num_keys + rng.permutation(cfg.num_values)[: cfg.num_keys]
 
 
-def generate_memorization(cfg: MemorizationConfig, seed: int) -> TaskData:
-    """Train and test sets sharing the mapping of `seed`; no test sequence is a training sequence."""
+def generate_memorization(cfg: MemorizationConfig, seed: int, table_seed: int | None = None) -> TaskData:
+    """Train and test sets sharing the mapping of `seed` (or of `table_seed`, to draw fresh sequences
+    over a mapping a model has learned); no test sequence is a training sequence."""
     check_seed(seed)
-    table = memorization_map(cfg, seed)
+    table = memorization_map(cfg, seed if table_seed is None else table_seed)
 
     def sample(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
         p = cfg.seq_len // 2
@@ -497,6 +498,11 @@ class MemorizationTask(_MADTask):
     name: str = "memorization"
     config_type: ClassVar[type] = MemorizationConfig
     generator = staticmethod(generate_memorization)
+
+    def generate_fresh(self, trained_seed: int, fresh_seed: int) -> TaskData:
+        """Sequences from the streams of `fresh_seed` over the key-value table of `trained_seed`: the
+        facts a model trained with `trained_seed` memorized, asked in new sequences."""
+        return generate_memorization(self.config, fresh_seed, table_seed=trained_seed)
 
 
 __all__ = [
