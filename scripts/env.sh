@@ -23,4 +23,28 @@ if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ] || ! python -c "import 
   pip install -q -e "$ROOT[test]"
   echo "$WANT" > "$STAMP"
 fi
+
+# The report's tests render it in headless Chromium. Install it with the system's package manager
+# where this user may (root, or passwordless sudo, with apt-get); elsewhere those tests say so in one
+# line and are skipped (CI makes them required: .ci/run). Called by scripts/test; the demo needs no browser.
+hybridnas_browser() {
+  local name sudo="" log
+  for name in chromium chromium-browser google-chrome; do
+    command -v "$name" >/dev/null 2>&1 && return 0
+  done
+  command -v apt-get >/dev/null 2>&1 || return 0
+  if [ "$(id -u)" -ne 0 ]; then
+    sudo -n true 2>/dev/null || return 0
+    sudo="sudo -n"
+  fi
+  echo "installing chromium (apt-get) for the report's browser tests" >&2
+  log="$(mktemp)"
+  # -o DPkg::Lock::Timeout: wait for another apt run rather than fail at once.
+  apt_install() { $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o DPkg::Lock::Timeout=300 --no-install-recommends chromium >>"$log" 2>&1; }
+  # Stale or missing package lists (a fresh container has none): update once, then try again.
+  if ! apt_install && ! { $sudo apt-get update -q >>"$log" 2>&1 && apt_install; }; then
+    echo "could not install chromium ($(grep -E '^E:' "$log" | tail -n 1 || true)); the report's browser tests will be skipped" >&2
+  fi
+  rm -f "$log"
+}
 cd "$ROOT"

@@ -2,8 +2,9 @@
 
 The page is rendered once per module through the command (typer's CliRunner); Chromium then dumps
 its DOM (every section and plot present, the Pareto points where they belong) and takes a
-screenshot (not blank, the front drawn in its colour). Without Chromium these tests fail and say
-how to install it; HYBRIDNAS_SKIP_BROWSER=1 skips them instead.
+screenshot (not blank, the front drawn in its colour). scripts/test installs Chromium where it can;
+without one these tests are skipped with one line saying so, and fail where HYBRIDNAS_REQUIRE_BROWSER=1
+(CI); HYBRIDNAS_SKIP_BROWSER=1 skips them regardless.
 """
 
 from __future__ import annotations
