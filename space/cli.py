@@ -45,3 +45,47 @@ def validate(
         raise typer.Exit(2)
     genes = ", ".join(f"{name} ({len(c)})" for name, c in space.genes if len(c) > 1) or "none"
     Console().print(f"ok: {space.mode} space, {space.size()} gene combinations; searched genes: {genes}", highlight=False)
+
+
+@space_app.command("mixers")
+def mixers(
+    fmt: str = typer.Option("table", "--format", "-f", help="table, json or csv"),
+) -> None:
+    """Every registered token mixer: its kind, the options it takes, what it is and where it comes from."""
+    import csv
+    import io
+    import json
+
+    from rich.table import Table
+
+    from hybridnas.mixers import OPTIONS, REGISTRY
+
+    rows = [
+        {
+            "mixer": m.name,
+            "kind": m.kind,
+            "options": ", ".join(m.options),
+            "module": f"{m.module.__module__}.{m.module.__name__}",
+            "summary": m.summary,
+            "reference": m.reference,
+        }
+        for m in REGISTRY.values()
+    ]
+    if fmt == "json":
+        typer.echo(json.dumps({"mixers": rows, "options": {o.name: o.doc for o in OPTIONS.values()}}, indent=2))
+    elif fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        typer.echo(buf.getvalue(), nl=False)
+    elif fmt == "table":
+        table = Table(title="mixers")
+        for column in ("mixer", "kind", "options", "summary"):
+            table.add_column(column, overflow="fold")
+        for r in rows:
+            table.add_row(r["mixer"], r["kind"], r["options"], r["summary"])
+        Console(width=max(Console().width, 120)).print(table)
+    else:
+        Console(stderr=True).print(f"[bold red]error:[/] --format: {fmt!r} is not allowed; allowed: table, json, csv")
+        raise typer.Exit(2)

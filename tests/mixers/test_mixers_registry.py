@@ -140,3 +140,15 @@ def test_mamba_is_the_selective_scan() -> None:
         got, _ = mamba(x)
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
     assert not math.isclose(float(got.abs().max()), 0.0)
+
+
+def test_readme_lists_every_mixer_and_only_those() -> None:
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("## Mixers", 1)[1].split("\n## ", 1)[0]
+    listed = [line.split("`")[1] for line in section.splitlines() if line.startswith("| `")]
+    assert listed == list(REGISTRY)
+    for name, entry in REGISTRY.items():
+        assert f"`mixers/{name}.py`" in section, name  # a reader finds a mixer by its file name
+        assert entry.module.__module__ in (f"hybridnas.mixers.{name}", "hybridnas.mixers.attention")

@@ -35,3 +35,21 @@ def test_validate_per_layer_space(tmp_path: Path) -> None:
     r = run(str(good))
     assert r.exit_code == 0, r.output
     assert "layers space" in r.stdout
+
+
+def test_mixers_lists_the_registry() -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from hybridnas.cli import app
+    from hybridnas.mixers import REGISTRY
+
+    result = CliRunner().invoke(app, ["space", "mixers", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    listed = json.loads(result.output)
+    assert [m["mixer"] for m in listed["mixers"]] == list(REGISTRY)
+    assert next(m for m in listed["mixers"] if m["mixer"] == "kda")["options"] == "n_heads, expand_k, gate, short_conv, conv_size"
+    table = CliRunner().invoke(app, ["space", "mixers"])
+    assert table.exit_code == 0 and "Kimi Delta Attention" in table.output
+    assert CliRunner().invoke(app, ["space", "mixers", "--format", "xml"]).exit_code == 2
