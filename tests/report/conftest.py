@@ -152,22 +152,52 @@ BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 INSTALL = "apt-get update && apt-get install -y chromium"
 
 
-def chromium() -> str:
-    """Path of a headless-capable Chromium. Without one the test is skipped, with one line saying why,
-    or fails where HYBRIDNAS_REQUIRE_BROWSER=1 (CI); HYBRIDNAS_SKIP_BROWSER=1 skips it regardless."""
-    if os.environ.get(SKIP_ENV) == "1":
-        pytest.skip(f"{SKIP_ENV}=1: headless-browser checks of the report skipped")
+def _find_chromium() -> str | None:
     for name in BROWSERS:
         path = shutil.which(name)
         if path:
             return path
-    why = (
-        f"no Chromium (looked for {', '.join(BROWSERS)}); scripts/test installs it with apt-get as root or with "
-        f"passwordless sudo, or run `{INSTALL}`"
+    return None
+
+
+def _why_no_browser() -> str | None:
+    """Why the browser checks are skipped here; None when they run (or must, and fail)."""
+    if os.environ.get(SKIP_ENV) == "1":
+        return f"{SKIP_ENV}=1: headless-browser checks of the report skipped"
+    if _find_chromium() is not None or os.environ.get(REQUIRE_ENV) == "1":
+        return None
+    return (
+        f"no Chromium (looked for {', '.join(BROWSERS)}): headless-browser checks of the report skipped; "
+        f"scripts/test installs it with apt-get as root or with passwordless sudo, or run `{INSTALL}`"
     )
-    if os.environ.get(REQUIRE_ENV) == "1":
-        pytest.fail(f"{why} ({REQUIRE_ENV}=1: the browser checks are required)", pytrace=False)
-    pytest.skip(f"{why}: headless-browser checks of the report skipped")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # A skip marker rather than a skip inside the fixture: the summary folds marked skips of one
+    # file into one line instead of one per test.
+    why = _why_no_browser()
+    if why is None:
+        return
+    here = Path(__file__).parent
+    for item in items:
+        if item.path.is_relative_to(here) and {"browser", "dom"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.skip(reason=why))
+
+
+def chromium() -> str:
+    """Path of a headless-capable Chromium. Without one the test is skipped (see `_why_no_browser`),
+    or fails where HYBRIDNAS_REQUIRE_BROWSER=1 (CI); HYBRIDNAS_SKIP_BROWSER=1 skips it regardless."""
+    why = _why_no_browser()
+    if why is not None:
+        pytest.skip(why)
+    path = _find_chromium()
+    if path is None:
+        pytest.fail(
+            f"no Chromium (looked for {', '.join(BROWSERS)}) and {REQUIRE_ENV}=1: the report's browser checks are "
+            f"required; scripts/test installs it with apt-get as root or with passwordless sudo, or run `{INSTALL}`",
+            pytrace=False,
+        )
+    return path
 
 
 def run_chromium(page: Path, profile: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
