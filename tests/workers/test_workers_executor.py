@@ -80,6 +80,13 @@ def test_executor_contract_and_same_results_as_direct_evaluation(
             assert got.metrics[key] == want.metrics[key], key
         assert got.weights == want.weights
     assert results[0].metrics["train_loss"] != results[1].metrics["train_loss"]
+    # Each result names the process that ran it: host names alone repeat across nodes of one machine.
+    for r in results.values():
+        if isinstance(executor, RayExecutor):
+            assert re.fullmatch(r"[0-9a-f]{8}/\d+", r.worker or ""), r.worker
+            assert int(r.worker.split("/")[1]) in executor.worker_pids()
+        else:
+            assert r.worker == f"inprocess/{os.getpid()}"
 
     executor.close()
     with pytest.raises(RuntimeError, match="closed"):
