@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 import time
 from abc import ABC, abstractmethod
@@ -216,7 +217,10 @@ class RayExecutor(Executor):
             self._start_failures += 1
             # Bounded: a node that cannot run a worker at all would otherwise be retried forever.
             if self._start_failures > 3 * self.capacity:
-                raise RuntimeError(f"Ray workers fail to start ({self._start_failures} in a row); last error: {_first_line(e)}") from e
+                # The last line of a failed creation task is its exception ("ImportError: ...").
+                lines = [ln.strip() for ln in re.sub(r"\x1b\[[0-9;]*m", "", str(e)).splitlines() if ln.strip()]
+                last = lines[-1] if lines else type(e).__name__
+                raise RuntimeError(f"Ray workers fail to start ({self._start_failures} in a row); last error: {last}") from e
             self._replace(actor)
             return
         self._start_failures = 0

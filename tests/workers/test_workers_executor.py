@@ -13,6 +13,7 @@ import torch
 
 from hybridnas.space import ArchSpec, LayerSpec
 from hybridnas.workers.evaluate import EvalRequest, EvalResult, evaluate
+from hybridnas.workers import executor as executor_module
 from hybridnas.workers.executor import Executor, InProcessExecutor, RayExecutor, make_executor
 
 TASK = {"name": "mqar", "vocab_size": 17, "seq_len": 16, "num_kv_pairs": 2, "num_train": 300, "num_test": 32}
@@ -187,6 +188,29 @@ def test_ray_worker_past_its_timeout_is_killed(ray_cluster: None) -> None:
         ex.submit(_request(21))
         [ok] = ex.wait(timeout=120)
         assert ok.status == "done", ok.error
+    finally:
+        ex.close()
+
+
+class _CannotStart(executor_module._EvalActor):
+    """A worker whose process cannot start (on a node without hybridnas, say)."""
+
+    def __init__(self, cpus: int) -> None:
+        raise ImportError("no module named 'hybridnas'")
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_ray_workers_that_cannot_start_end_the_wait_with_an_error(
+    ray_cluster: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Replaced while they fail, a bounded number of times in a row: never in a loop forever.
+    monkeypatch.setattr(executor_module, "_EvalActor", _CannotStart)
+    ex = RayExecutor(workers=1)
+    try:
+        ex.submit(_request(30))
+        with pytest.raises(RuntimeError, match=r"^Ray workers fail to start \(4 in a row\); last error: ImportError: no module named .hybridnas."):
+            ex.wait(timeout=120)
     finally:
         ex.close()
 
