@@ -159,6 +159,10 @@ def main() -> None:
     p.add_argument("--chunk-size", type=int, default=64)
     p.add_argument("--primitives", nargs="+", default=["gla", "delta"], choices=["gla", "delta"])
     p.add_argument("--decays", nargs="+", default=["g", "gk"], choices=["none", "g", "gk"])
+    p.add_argument(
+        "--methods", nargs="+", default=["naive", "chunk", "triton", "fla", "sdpa"],
+        choices=["naive", "chunk", "triton", "fla", "sdpa"], help="which implementations to time (others show as -)",
+    )
     args = p.parse_args()
     global clock
     torch.set_num_threads(args.threads)
@@ -184,6 +188,7 @@ def main() -> None:
                 "fla": fla_run(primitive, decay) if args.device.startswith("cuda") else None,
                 "sdpa": sdpa,
             }
+            methods = {n: (r if n in args.methods else None) for n, r in methods.items()}
             rows: dict[int, dict[str, Timing | None]] = {}
             for T in args.T:
                 x = make_inputs(primitive, decay, args.B, T, args.H, args.D, args.device, dtype)
@@ -203,15 +208,20 @@ def report(primitive: str, decay: str, rows: dict[int, dict[str, Timing | None]]
         cells = [f"{fmt(t.fwd if t else None):>11} {fmt(t.fwd_bwd if t else None):>11}" for t in row.values()]
         print(f"{T:>6} " + " ".join(cells))
     first_T = next(iter(rows))
+    if all(row.get("triton") and row.get("fla") for row in rows.values()):
+        print("ratios: triton/fla (< 1: ours faster), fwd and fwd+bwd")
+        for T, row in rows.items():
+            ours, fla = row["triton"], row["fla"]
+            print(f"{T:>6} triton/fla {ours.fwd / fla.fwd:5.2f} {ours.fwd_bwd / fla.fwd_bwd:5.2f}")  # type: ignore[union-attr]
     base = rows[first_T]["chunk"]
+    if base is None:
+        return
     print(f"ratios: naive/chunk f+b, sdpa/chunk fwd and f+b (> 1: chunk faster), chunk f+b time(T)/time({first_T})")
     for T, row in rows.items():
         chunk, naive, sd = row["chunk"], row["naive"], row["sdpa"]
         speedup = f"{naive.fwd_bwd / chunk.fwd_bwd:7.1f}x" if naive else "      -"
-        print(
-            f"{T:>6} naive/chunk {speedup}  sdpa/chunk {sd.fwd / chunk.fwd:5.2f} {sd.fwd_bwd / chunk.fwd_bwd:5.2f}"
-            f"  scaling {chunk.fwd_bwd / base.fwd_bwd:5.2f}"
-        )
+        vs_sdpa = f"{sd.fwd / chunk.fwd:5.2f} {sd.fwd_bwd / chunk.fwd_bwd:5.2f}" if sd else "    -     -"
+        print(f"{T:>6} naive/chunk {speedup}  sdpa/chunk {vs_sdpa}  scaling {chunk.fwd_bwd / base.fwd_bwd:5.2f}")  # type: ignore[union-attr]
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ from hybridnas.workers.hardware import (
 )
 from hybridnas.workers.suite import SuiteMember, TaskSuite, build_task, suite_members
 from hybridnas.workers.tasks import Task, TaskData, make_task
-from hybridnas.workers.trainer import Deadline, EvaluationFailed, FitResult, TrainConfig, fit
+from hybridnas.workers.trainer import Deadline, EvaluationFailed, FitResult, TrainConfig, fit, precision_label
 
 _TRACEBACK_FRAMES = 3  # frames kept in the error text of an unexpected exception
 _CHECK_SEQ_LEN = 24  # tokens per sequence in the pre-training checks (longer than any conv width)
@@ -65,7 +65,7 @@ class EvalResult:
     metrics: dict[str, float]  # empty unless done
     error: str | None  # failure or check reason (first line) and, for unexpected errors, a traceback tail
     host: str  # hostname of the worker that ran it
-    device: str  # e.g. "cpu (1 threads)" or "cuda: NVIDIA H100 80GB HBM3"
+    device: str  # e.g. "cpu (1 threads), fp32, chunk kernels" or "cuda: NVIDIA H100 80GB HBM3, bf16 autocast, triton kernels"
     wall_time_s: float  # the whole evaluation, data and model setup included
     weights: bytes | None = field(default=None, repr=False)  # safetensors of the trained state_dict
     worker: str | None = None  # the process that ran it, as its executor labels it: "<ray node id[:8]>/<pid>", "inprocess/<pid>"
@@ -256,7 +256,15 @@ def _parse(request: EvalRequest) -> tuple[ArchSpec, Task | TaskSuite, TrainConfi
     return spec, task, cfg, measure
 
 
-def _run(request: EvalRequest, device: torch.device) -> tuple[dict[str, float], bytes]:
+def device_label(device: torch.device, cfg: TrainConfig) -> str:
+    """What ran an evaluation: the device, its numerics and its kernels, e.g.
+    "cuda: NVIDIA H100 80GB HBM3, bf16 autocast, triton kernels" or "cpu (1 threads), fp32, chunk kernels"."""
+    from hybridnas.kernels.dispatch import resolve_backend
+
+    return f"{describe_device(device)}, {precision_label(cfg, device)}, {resolve_backend('auto', device)} kernels"
+
+
+def _run(request: EvalRequest, device: torch.device) -> tuple[dict[str, float], bytes, str]:
     spec, task, cfg, measure = _parse(request)
     module = _build_module(spec)  # rendered once; every member trains a fresh Model() of it
 
@@ -309,7 +317,7 @@ def _run(request: EvalRequest, device: torch.device) -> tuple[dict[str, float], 
     bad = sorted(k for k, v in metrics.items() if not math.isfinite(v))
     if bad:
         raise EvaluationFailed(f"metric {bad[0]} is not finite")
-    return metrics, state_dict_bytes(kept)
+    return metrics, state_dict_bytes(kept), device_label(device, cfg)
 
 
 def evaluate(request: EvalRequest, device: torch.device | str | None = None) -> EvalResult:
@@ -324,8 +332,9 @@ def evaluate(request: EvalRequest, device: torch.device | str | None = None) -> 
     t0 = time.perf_counter()
     host = socket.gethostname()
     dev = torch.device(device) if device is not None else default_device()
+    label = describe_device(dev)  # refined once the request's training config is read
     try:
-        metrics, weights = _run(request, dev)
+        metrics, weights, label = _run(request, dev)
         status, error = "done", None
     except CheckFailed as e:
         metrics, weights = {}, None
@@ -344,7 +353,7 @@ def evaluate(request: EvalRequest, device: torch.device | str | None = None) -> 
         metrics=metrics,
         error=error,
         host=host,
-        device=describe_device(dev),
+        device=label,
         wall_time_s=time.perf_counter() - t0,
         weights=weights,
     )

@@ -89,6 +89,7 @@ class TrainConfig:
     target: Target | None = None  # stop early once validation reaches it; steps_to_target is recorded
     eval_every: Int = 25  # steps between validation checks when there is a target
     eval_batch_size: Int = 256  # sequences per forward pass when scoring
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA (fp32 kernel states), fp32 on CPU
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "eval_every", "eval_batch_size"):
@@ -112,6 +113,8 @@ class TrainConfig:
             raise ValueError("val_fraction: 0 leaves no validation split, which a list of lr or a target needs")
         if isinstance(self.target, dict):
             object.__setattr__(self, "target", Target(**self.target))
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"precision: got {self.precision!r}, allowed: auto, fp32, bf16")
 
     @property
     def lrs(self) -> tuple[float, ...]:
@@ -136,6 +139,22 @@ class TrainConfig:
         d["lr"] = list(self.lr) if isinstance(self.lr, tuple) else self.lr
         d["target"] = None if self.target is None else {"metric": self.target.metric, "value": self.target.value}
         return d
+
+
+def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """The dtype matmuls run in under autocast on `device`, or None for plain float32.
+
+    bf16 pays on a GPU (tensor cores; the kernels keep their recurrent state in float32); on a CPU
+    it is slower and is used only when asked for.
+    """
+    if cfg.precision == "fp32" or (cfg.precision == "auto" and device.type != "cuda"):
+        return None
+    return torch.bfloat16
+
+
+def precision_label(cfg: TrainConfig, device: torch.device) -> str:
+    """What an evaluation records of its numerics: "bf16 autocast" or "fp32"."""
+    return "fp32" if autocast_dtype(cfg, device) is None else "bf16 autocast"
 
 
 @dataclass(frozen=True)
@@ -408,9 +427,11 @@ __all__ = [
     "Target",
     "TrainConfig",
     "TrainResult",
+    "autocast_dtype",
     "fit",
     "lr_at",
     "param_groups",
+    "precision_label",
     "score",
     "split_validation",
     "train",

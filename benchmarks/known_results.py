@@ -1,0 +1,248 @@
+"""Known results: do hybridnas's scores reproduce the orderings the literature agrees on, at CPU scale?
+
+Each check is a claim from a paper, a grid campaign (or a few, one per task setting) over the designs
+that test it, run through the campaign machinery (`hybridnas.run_campaign`: the real controller,
+workers, store, the learning-rate sweep on a validation split, the early-stopping target), with three
+seeds per design (`search.reevaluate`), and a verdict. Every design is scored by its test accuracy;
+a design's figure is the mean, standard deviation, minimum and maximum over its seeds.
+
+  attention_solves_mqar   Zoology (Arora et al. 2023): softmax attention solves multi-query
+                          associative recall; two layers suffice. Verdict: every seed >= 0.99.
+  gated_delta_ge_delta    Gated DeltaNet (Yang, Kautz & Hatamizadeh 2025): the gated delta rule is at
+                          least as good as the plain delta rule. Verdict: mean(gated) >= mean(delta)
+                          - (std(gated) + std(delta)).
+  state_size_effect       Zoology / DeltaNet (Yang et al. 2024): at a fixed state size, recall falls as
+                          the number of key-value pairs grows, and the delta rule falls more slowly
+                          than linear attention. Verdict: both fall, and linear attention's drop from
+                          the fewest to the most pairs exceeds the delta rule's by more than the
+                          spread.
+  denser_attention        "A Systematic Analysis of Hybrid Linear Attention" (2025), Jamba, Samba:
+                          recall improves as full attention gets denser. Verdict: along pure linear,
+                          3:1, 1:1, all attention, no step down beyond the spread, and the densest
+                          above the sparsest by more than it.
+  mad_recall_hybrids      MAD (Poli et al. 2024) and the hybrid studies: on in-context recall a hybrid
+                          with one attention layer is at least as good as the pure linear stack of
+                          the same mixer. Verdict: for every mixer, hybrid >= pure - spread.
+
+    python benchmarks/known_results.py                       # every check, 3 seeds, Ray with 2 workers
+    python benchmarks/known_results.py --checks attention_solves_mqar --executor inprocess
+    python benchmarks/known_results.py --fast                # the CI subset: init parity + one check, 1 seed
+
+The store of every campaign is kept (`--store-dir`, default a temp dir), so a run can be inspected
+with `hybridnas query leaderboard <check> --store sqlite:///<dir>/<check>.db`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SEEDS = 3  # per design: the campaign seed and two more from search.reevaluate
+MQAR8 = {"name": "mqar", "vocab_size": 64, "seq_len": 32, "num_kv_pairs": 8, "num_train": 6000, "num_test": 500}
+#: The protocol every check trains with: a learning-rate sweep chosen on validation, stop at 0.99.
+PROTOCOL = {
+    "batch_size": 64,
+    "lr": [1e-3, 3e-3, 1e-2],
+    "val_fraction": 0.1,
+    "target": {"metric": "accuracy", "value": 0.99},
+    "eval_every": 50,
+}
+MODEL = {"d_model": [64], "n_heads": [2], "mlp": ["swiglu"]}
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One design's test accuracy over its seeds."""
+
+    values: tuple[float, ...]
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.values)
+
+    @property
+    def std(self) -> float:
+        return statistics.stdev(self.values) if len(self.values) > 1 else 0.0
+
+    def __str__(self) -> str:
+        if not self.values:
+            return "no result"
+        lo, hi = min(self.values), max(self.values)
+        return f"{self.mean:.3f} ± {self.std:.3f} [{lo:.3f}–{hi:.3f}] n={len(self.values)}"
+
+
+#: (campaign tag, design key) -> figure. A design key is "<linear mixer>:<pattern>", e.g. "gla:LLLA".
+Results = dict[tuple[str, str], Figure]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    agrees: bool
+    measured: str  # what was measured, in a line or a few
+
+
+@dataclass(frozen=True)
+class Check:
+    key: str
+    claim: str  # the published ordering and its source
+    expected: str  # what agreement looks like here
+    campaigns: tuple[tuple[str, dict[str, Any]], ...]  # (tag, campaign config)
+    verdict: Callable[[Results], Verdict]
+    fast: bool = False  # part of the CI subset
+
+
+def _campaign(name: str, task: dict[str, Any], space: dict[str, Any], steps: int, seeds: int, designs: int) -> dict[str, Any]:
+    return {
+        "name": name,
+        "seed": 0,
+        "task": task,
+        "space": {**MODEL, **space},
+        "training": {**PROTOCOL, "steps": steps},
+        "search": {"strategy": "grid", "budget": designs, **({"reevaluate": {"top_k": designs, "seeds": seeds - 1}} if seeds > 1 else {})},
+        "execution": {"executor": "ray", "workers": 2, "timeout_s": 3600},
+        "hardware": {"context_len": 64, "repeats": 1, "decode_tokens": 4},
+    }
+
+
+def _ge(a: Figure, b: Figure) -> bool:
+    """a is at least b, within the seed spread."""
+    return a.mean >= b.mean - (a.std + b.std)
+
+
+def _gt(a: Figure, b: Figure) -> bool:
+    """a beats b by more than the seed spread."""
+    return a.mean - b.mean > a.std + b.std
+
+
+def _lines(results: Results, keys: list[tuple[str, str]]) -> str:
+    return "\n".join(f"{tag} {design}: {results.get((tag, design), Figure(()))}" for tag, design in keys)
+
+
+# --- the checks -----------------------------------------------------------------------------------
+
+
+def attention_solves_mqar(seeds: int) -> Check:
+    space = {"n_layers": [2], "hybrid": {"ratio": [0], "full_short_conv": [False]}}
+
+    def verdict(r: Results) -> Verdict:
+        f = r.get(("mqar8", "attention:AA"), Figure(()))
+        return Verdict(bool(f.values) and min(f.values) >= 0.99, _lines(r, [("mqar8", "attention:AA")]))
+
+    return Check(
+        "attention_solves_mqar",
+        "Zoology: two layers of softmax attention solve multi-query associative recall",
+        "2-layer attention (no short conv), 8-pair MQAR: test accuracy >= 0.99 on every seed",
+        (("mqar8", _campaign("attention_solves_mqar", MQAR8, space, 1500, seeds, 1)),),
+        verdict,
+        fast=True,
+    )
+
+
+CHECKS: dict[str, Callable[[int], Check]] = {
+    "attention_solves_mqar": attention_solves_mqar,
+}
+
+
+# --- running ----------------------------------------------------------------------------------------
+
+
+def _design_key(spec: Any) -> str:
+    genes = spec.hybrid
+    linear = genes.linear_mixer if genes is not None and "L" in spec.pattern else spec.mixers[0]
+    return f"{linear}:{spec.pattern}"
+
+
+def run_check(check: Check, store_dir: Path, executor: str | None) -> tuple[Results, float]:
+    """Run the check's campaigns; (its results, wall seconds)."""
+    import hybridnas
+
+    results: Results = {}
+    t0 = time.perf_counter()
+    for tag, config in check.campaigns:
+        name = f"{check.key}-{tag}"
+        url = f"sqlite:///{store_dir / (name + '.db')}"
+        config = {**config, "name": name}
+        with hybridnas.run_campaign(config, store=url, executor=executor, resume=True) as run:
+            per_design: dict[str, dict[int, float]] = {}
+            for e in run.store.evaluations(run.id):
+                if e.status == "done" and e.fidelity == config["training"]["steps"]:
+                    per_design.setdefault(_design_key(e.spec), {})[e.seed] = float(e.metrics["accuracy"])
+        for design, by_seed in per_design.items():
+            results[(tag, design)] = Figure(tuple(by_seed[s] for s in sorted(by_seed)))
+    return results, time.perf_counter() - t0
+
+
+def init_parity() -> Verdict:
+    """Every mixer, with every gate and conv choice, starts writing no more than the embedding carries."""
+    import itertools
+
+    import torch
+
+    from hybridnas.mixers import REGISTRY
+    from hybridnas.space import ArchSpec, LayerSpec
+    from hybridnas.space.cost import build_lm
+    from hybridnas.workers.checks import MAX_INIT_WRITE, residual_writes
+
+    torch.set_num_threads(1)
+    worst: dict[str, float] = {}
+    for name, entry in REGISTRY.items():
+        convs = (False, True) if "short_conv" in entry.options else (False,)
+        for gate, conv in itertools.product(("none", "sigmoid", "swish"), convs):
+            spec = ArchSpec(d_model=64, layers=(LayerSpec(name, n_heads=2, gate=gate, short_conv=conv),) * 4, vocab_size=64)
+            torch.manual_seed(0)
+            worst[name] = max(worst.get(name, 0.0), *residual_writes(build_lm(spec), 64, seq_len=32))
+    line = ", ".join(f"{k} {v:.2f}" for k, v in worst.items())
+    return Verdict(max(worst.values()) <= MAX_INIT_WRITE, f"largest block write / embedding RMS: {line}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checks", nargs="+", choices=list(CHECKS), default=None, help="default: all")
+    ap.add_argument("--seeds", type=int, default=SEEDS, help=f"seeds per design [{SEEDS}]")
+    ap.add_argument("--executor", choices=("ray", "inprocess"), default=None, help="default: ray with 2 workers")
+    ap.add_argument("--store-dir", type=Path, default=None, help="keep the campaigns' stores here [a temp dir]")
+    ap.add_argument("--fast", action="store_true", help="init parity and the fast checks, with one seed")
+    ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = ap.parse_args(argv)
+    seeds = 1 if args.fast else args.seeds
+    names = [k for k, make in CHECKS.items() if make(1).fast] if args.fast else (args.checks or list(CHECKS))
+    store_dir = args.store_dir or Path(tempfile.mkdtemp(prefix="known-results-"))
+    store_dir.mkdir(parents=True, exist_ok=True)
+    import torch
+
+    from hybridnas.workers.hardware import cpu_model
+
+    print(f"# known results — {dt.date.today()} — {cpu_model()}, torch {torch.__version__}, python {platform.python_version()}")
+    print(f"# seeds per design: {seeds}; stores in {store_dir}")
+    report: list[dict[str, Any]] = []
+    parity = init_parity()
+    print(f"\n## init_parity\nexpected: every mixer's block writes at most the embedding's RMS at init\n{parity.measured}")
+    print(f"verdict: {'agrees' if parity.agrees else 'DISAGREES'}")
+    report.append({"check": "init_parity", "agrees": parity.agrees, "measured": parity.measured})
+    for name in names:
+        check = CHECKS[name](seeds)
+        results, seconds = run_check(check, store_dir, args.executor)
+        v = check.verdict(results)
+        print(f"\n## {check.key}\nclaim: {check.claim}\nexpected: {check.expected}\n{v.measured}")
+        print(f"verdict: {'agrees' if v.agrees else 'DISAGREES'} ({seconds / 60:.1f} min)")
+        report.append({"check": check.key, "claim": check.claim, "agrees": v.agrees, "measured": v.measured, "minutes": seconds / 60})
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+    disagreeing = [r["check"] for r in report if not r["agrees"]]
+    print(f"\n{len(report) - len(disagreeing)} of {len(report)} agree" + (f"; disagreeing: {', '.join(disagreeing)}" if disagreeing else ""))
+    return 0 if not disagreeing else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
