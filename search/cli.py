@@ -40,15 +40,16 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def _open_for_writing(url: str | None) -> Store:
-    """Open (or create) the store a campaign writes to; a bad URL is a usage error."""
-    from sqlalchemy.exc import SQLAlchemyError
+def _open_for_writing(url: str | None, create: bool = True) -> Store:
+    """Open the store a campaign writes to (creating it when `create`); one that cannot be opened or
+    written (bad URL, missing driver, unreachable, corrupt, read-only) is `error: --store: ...`, exit 2."""
+    from hybridnas.store.cli import store_failure
+    from hybridnas.store.models import StoreOpenError
 
     try:
-        return Store.open(url)
-    except (StoreError, SQLAlchemyError, ValueError) as e:
-        fail(f"--store: cannot open {url or 'the default store'}: {str(e).splitlines()[0]}")
-        raise
+        return Store.open(url, create=create, readonly=False)
+    except StoreOpenError as e:
+        store_failure(e)
 
 
 def _executor(campaign: Campaign, kind: str | None, workers: int | None, address: str | None) -> Executor:
@@ -199,7 +200,7 @@ def resume(
     """Continue a stopped or interrupted campaign: recorded results are kept, unfinished ones run again."""
     if executor is not None and executor not in EXECUTORS:
         fail(f"--executor: {executor!r} is not allowed; allowed: {', '.join(EXECUTORS)}")
-    st = open_store(store)
+    st = _open_for_writing(store, create=False)
     try:
         try:
             info = st.get_campaign(name)
@@ -230,7 +231,7 @@ def stop(
     wait: float = typer.Option(0.0, "--wait", min=0, help="Seconds to wait for the controller to hand its work back."),
 ) -> None:
     """Ask a running campaign to end cleanly: in-flight evaluations go back to the queue for `resume`."""
-    st = open_store(store)
+    st = _open_for_writing(store, create=False)
     try:
         try:
             info = st.get_campaign(name)

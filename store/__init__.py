@@ -31,6 +31,8 @@ from hybridnas.store.models import (
     SchemaVersionError,
     StoreError,
     StoreNotFound,
+    StoreOpenError,
+    StoreReadOnly,
 )
 from hybridnas.store.queries import leaderboard, lineage, pareto
 
@@ -50,6 +52,8 @@ __all__ = [
     "LineageEdge",
     "StoreError",
     "StoreNotFound",
+    "StoreOpenError",
+    "StoreReadOnly",
     "CampaignBusy",
     "SchemaVersionError",
     "CampaignExists",

@@ -1,8 +1,9 @@
 """`hybridnas query ...`: leaderboard, Pareto front and lineage from a store, as a table, JSON or CSV.
 
 Also the campaign printers (`campaign_list`, `campaign_show`) that the campaign commands reuse.
-The CLI only reads: it opens the store with create=False, so it never writes, never creates an empty
-database by mistake, and (in SQLite WAL mode) never waits for a running campaign.
+The CLI only reads: it opens the store read-only, so it never writes, never creates an empty
+database by mistake, reads stores in folders the user may only read, and (in SQLite WAL mode) never
+waits for a running campaign. A store that cannot be opened is one line, `error: --store: ...`, exit 2.
 """
 
 from __future__ import annotations
@@ -10,17 +11,20 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from enum import Enum
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from hybridnas.store.access import one_line
 from hybridnas.store.db import Store
-from hybridnas.store.models import CampaignInfo, CampaignNotFound, CandidateNotFound, SchemaVersionError, StoreNotFound
-from hybridnas.store.queries import ROW_KEYS, campaign_objectives, normalize_direction, primary_objective
+from hybridnas.store.models import CampaignInfo, CampaignNotFound, CandidateNotFound, StoreOpenError
+from hybridnas.store.queries import ROW_KEYS, campaign_objectives, is_number, normalize_direction, primary_objective
 
 
 class OutputFormat(str, Enum):
@@ -57,12 +61,21 @@ def check_format(fmt: str | OutputFormat) -> OutputFormat:
         raise typer.BadParameter(f"{fmt!r} is not one of {', '.join(FORMATS)}", param_hint="'--format'") from None
 
 
-def open_store(url: str | None) -> Store:
-    """Open an existing store read-only; a missing or too-new store is a usage error (exit 2)."""
+def store_failure(error: StoreOpenError) -> NoReturn:
+    """`error: --store: <why>` on one line of stderr, then exit 2: the --store given cannot be used."""
+    Console(stderr=True).print(f"[bold red]error:[/] --store: {escape(one_line(str(error)))}", soft_wrap=True, highlight=False)
+    raise typer.Exit(2)
+
+
+def open_store(url: str | None, *, write: bool = False) -> Store:
+    """Open an existing store: read-only unless `write` (then a store this user may only read is refused).
+
+    Any failure to open (missing, unreachable, corrupt, read-only for a writer, ...) is `store_failure`.
+    """
     try:
-        return Store.open(url, create=False)
-    except (StoreNotFound, SchemaVersionError) as e:
-        raise typer.BadParameter(str(e), param_hint="'--store'") from None
+        return Store.open(url, create=False, readonly=not write)
+    except StoreOpenError as e:
+        store_failure(e)
 
 
 def resolve_campaign(store: Store, name: str | None) -> CampaignInfo:
@@ -103,11 +116,6 @@ def _columns(rows: Sequence[dict[str, Any]]) -> list[str]:
     return list(cols)
 
 
-#: Candidate columns a terminal table shows (JSON and CSV carry every metric).
-TABLE_KEYS = ("rank", "candidate_id", "label", "generation", "fidelity", "n_seeds", "accuracy", "accuracy_std", "loss",
-              "params", "cost_state_bytes", "prefill_tokens_per_s", "decode_tokens_per_s")
-
-
 def emit(
     rows: Sequence[dict[str, Any]],
     fmt: str | OutputFormat,
@@ -141,6 +149,95 @@ def emit(
         for r in rows:
             table.add_row(*(_cell(r.get(c)) for c in cols))
         _console().print(table)
+
+
+# --- the compact leaderboard table ----------------------------------------------------------------
+
+
+def human_bytes(n: float) -> str:
+    """12595 -> '12.3 KiB'."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def _decimals(v: float) -> int:
+    # Three significant digits for the value; its spread gets the same decimals so the two line up.
+    return 3 if v == 0 else max(0, min(4, 2 - math.floor(math.log10(abs(v)))))
+
+
+def with_spread(v: Any, std: Any = None, *, as_bytes: bool = False) -> str:
+    """0.9812, 0.0041 -> '0.981 ± 0.004'; a missing spread (one seed) shows the value alone."""
+    if not is_number(v):
+        return _cell(v)
+    if as_bytes:
+        return human_bytes(v) + (f" ± {human_bytes(std)}" if is_number(std) else "")
+    d = _decimals(v)
+    return f"{v:.{d}f}" + (f" ± {std:.{d}f}" if is_number(std) else "")
+
+
+def _spreads(store: Store, campaign_id: int, metrics: Sequence[str], rows: Sequence[dict[str, Any]], task: str | None) -> dict[str, dict[int, Any]]:
+    """Seed spread of each metric per candidate: in the rows for the ranked metric, else asked of the store."""
+    out: dict[str, dict[int, Any]] = {}
+    for m in metrics:
+        if any(f"{m}_std" in r for r in rows):
+            out[m] = {r["candidate_id"]: r.get(f"{m}_std") for r in rows}
+            continue
+        try:
+            board = store.leaderboard(campaign_id, metric=m, task=task)
+        except ValueError:  # never recorded
+            board = []
+        out[m] = {r["candidate_id"]: r.get(f"{m}_std") for r in board}
+    return out
+
+
+STATE_BYTES = "cost_state_bytes"
+
+
+def leaderboard_table(
+    rows: Sequence[dict[str, Any]],
+    objectives: Sequence[tuple[str, str]],
+    spreads: Mapping[str, Mapping[int, Any]] | None = None,
+    title: str | None = None,
+) -> Table:
+    """What a person needs from a leaderboard, narrow enough for a 120-column terminal.
+
+    Rank, candidate id, design label, each objective as 'mean ± seed spread' (↑ maximize, ↓ minimize),
+    the number of seeds, and the recurrent state or KV bytes; `--all`, JSON and CSV show everything.
+    Numbers never wrap; a label too long for the terminal is cut with an ellipsis.
+    """
+    spreads = spreads or {}
+    table = Table(title=title, min_width=len(title) + 4 if title else None)
+    table.add_column("#", justify="right", no_wrap=True)
+    table.add_column("id", justify="right", no_wrap=True)
+    table.add_column("design", no_wrap=True, overflow="ellipsis", min_width=12)
+    metrics = list(dict.fromkeys(m for m, _ in objectives))
+    arrows = {m: "↑" if d == "maximize" else "↓" for m, d in reversed(objectives)}
+    for m in metrics:
+        table.add_column(f"{m} {arrows[m]}", justify="right", no_wrap=True)
+    table.add_column("seeds", justify="right", no_wrap=True)
+    state = STATE_BYTES not in metrics and any(is_number(r.get(STATE_BYTES)) for r in rows)
+    if state:
+        table.add_column("state", justify="right", no_wrap=True)
+    for r in rows:
+        cid = r.get("candidate_id")
+        cells = [_cell(r.get("rank")), _cell(cid), _cell(r.get("label"))]
+        for m in metrics:
+            std = spreads.get(m, {}).get(cid) if m in spreads else r.get(f"{m}_std")
+            cells.append(with_spread(r.get(m), std, as_bytes=m.endswith("bytes")))
+        cells.append(_cell(r.get("n_seeds")))
+        if state:
+            cells.append(human_bytes(r[STATE_BYTES]) if is_number(r.get(STATE_BYTES)) else "-")
+        table.add_row(*cells)
+    return table
+
+
+def _board_objectives(info: CampaignInfo, metric: str, direction: str) -> list[tuple[str, str]]:
+    """The ranked metric first, then the campaign's other objectives."""
+    return [(metric, direction), *((m, d) for m, d in campaign_objectives(info.config) if m != metric)]
 
 
 def _best_text(info: CampaignInfo) -> str:
@@ -211,7 +308,9 @@ def campaign_show(store: Store, name: str | None, fmt: str | OutputFormat = Outp
     _console().print(table)
     if info.best is not None:  # the objective metric has been recorded
         top = store.leaderboard(info.id, metric=info.metric, direction=info.direction, limit=5)
-        emit(top, fmt, title=f"top {len(top)} by {info.metric}", table_columns=(*TABLE_KEYS[:6], info.metric, f"{info.metric}_std", *TABLE_KEYS[6:]))
+        objectives = _board_objectives(info, info.metric, info.direction)
+        spreads = _spreads(store, info.id, [m for m, _ in objectives], top, None)
+        _console().print(leaderboard_table(top, objectives, spreads, title=f"top {len(top)} by {info.metric}"))
 
 
 def print_leaderboard(
@@ -243,13 +342,13 @@ def print_leaderboard(
         rows = store.leaderboard(info.id, metric=metric, direction=direction, limit=limit, task=task)
     except ValueError as e:
         raise typer.BadParameter(str(e), param_hint="'--metric'") from None
-    emit(
-        rows,
-        fmt,
-        title=f"{info.name}: leaderboard by {metric} ({direction})",
-        columns=ROW_KEYS,
-        table_columns=None if all_columns else (*TABLE_KEYS[:6], metric, f"{metric}_std", *TABLE_KEYS[6:]),
-    )
+    title = f"{info.name}: leaderboard by {metric} ({direction})"
+    if fmt is OutputFormat.table and not all_columns:
+        objectives = _board_objectives(info, metric, direction)
+        spreads = _spreads(store, info.id, [m for m, _ in objectives], rows, task)
+        _console().print(leaderboard_table(rows, objectives, spreads, title=title))
+        return
+    emit(rows, fmt, title=title, columns=ROW_KEYS)
 
 
 # --- query commands ------------------------------------------------------------------------------
@@ -264,9 +363,9 @@ def leaderboard_cmd(
     task: Annotated[str | None, typer.Option("--task", help="only evaluations of this task")] = None,
     fmt: FormatOption = OutputFormat.table,
     store_url: StoreOption = None,
-    all_columns: Annotated[bool, typer.Option("--all-columns", help="table: show every metric, not the usual few")] = False,
+    all_columns: Annotated[bool, typer.Option("--all", "--all-columns", help="table: every column and metric, not the usual few")] = False,
 ) -> None:
-    """Candidates ranked by a metric at their highest trained fidelity (mean over seeds)."""
+    """Candidates ranked by a metric at their highest trained fidelity (mean ± spread over seeds)."""
     with open_store(store_url) as store:
         print_leaderboard(
             store, campaign, metric=metric, direction=direction, limit=limit, fmt=fmt, task=task, all_columns=all_columns
@@ -293,6 +392,7 @@ def pareto_cmd(
     task: Annotated[str | None, typer.Option("--task", help="only evaluations of this task")] = None,
     fmt: FormatOption = OutputFormat.table,
     store_url: StoreOption = None,
+    all_columns: Annotated[bool, typer.Option("--all", "--all-columns", help="table: every column and metric, not the usual few")] = False,
 ) -> None:
     """The non-dominated candidates under one or more objectives (repeat --objective; default: the campaign's objectives)."""
     objs = [parse_objective(o) for o in objective or ()]
@@ -304,13 +404,12 @@ def pareto_cmd(
             rows = store.pareto(info.id, objs, task=task)
         except ValueError as e:
             raise typer.BadParameter(str(e), param_hint="'--objective'") from None
-        emit(
-            rows,
-            fmt,
-            title=f"{info.name}: Pareto front of " + ", ".join(f"{m} ({d})" for m, d in objs),
-            columns=ROW_KEYS,
-            table_columns=(*TABLE_KEYS[:6], *(m for m, _ in objs), *TABLE_KEYS[6:]),
-        )
+        title = f"{info.name}: Pareto front of " + ", ".join(f"{m} ({d})" for m, d in objs)
+        if check_format(fmt) is OutputFormat.table and not all_columns:
+            spreads = _spreads(store, info.id, [m for m, _ in objs], rows, task)
+            _console().print(leaderboard_table(rows, objs, spreads, title=title))
+            return
+        emit(rows, fmt, title=title, columns=ROW_KEYS)
 
 
 @query_app.command("lineage")
@@ -332,4 +431,17 @@ def lineage_cmd(
         emit(rows, fmt, title=f"lineage of candidate {candidate_id}", columns=EDGE_KEYS)
 
 
-__all__ = ["query_app", "campaign_list", "campaign_show", "print_leaderboard", "emit", "open_store", "resolve_campaign", "check_format", "OutputFormat", "ROW_KEYS"]
+__all__ = [
+    "query_app",
+    "campaign_list",
+    "campaign_show",
+    "print_leaderboard",
+    "leaderboard_table",
+    "emit",
+    "open_store",
+    "store_failure",
+    "resolve_campaign",
+    "check_format",
+    "OutputFormat",
+    "ROW_KEYS",
+]

@@ -3,7 +3,9 @@
 SQLite (the default) runs in WAL mode, so readers never wait for the writer and never see
 "database is locked"; write transactions start with BEGIN IMMEDIATE (take the write lock up front and
 wait up to the busy timeout for it, instead of failing half-way), and synchronous=FULL makes every
-commit durable before it returns. Any other SQLAlchemy URL works (PostgreSQL for clusters).
+commit durable before it returns. Read-only opens (`readonly=True`) cannot write at all, so a store in
+a folder the user may only read can still be queried (store/access.py). Any other SQLAlchemy URL
+works (PostgreSQL for clusters).
 
 Every write method is one transaction: it either commits whole or leaves the database as it was, and
 inputs are validated before anything is written.
@@ -15,7 +17,8 @@ import json
 import math
 import numbers
 import os
-from collections.abc import Iterator, Mapping, Sequence
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
@@ -28,6 +31,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.pool import StaticPool
 
 from hybridnas.space.spec import ArchSpec
+from hybridnas.store import access
 from hybridnas.store import artifacts as blobs
 from hybridnas.store import queries
 from hybridnas.store.migrations import migrate
@@ -58,6 +62,8 @@ from hybridnas.store.models import (
     Meta,
     SchemaVersionError,
     StoreNotFound,
+    StoreOpenError,
+    StoreReadOnly,
     utcnow,
 )
 
@@ -66,6 +72,7 @@ DEFAULT_ARTIFACTS = "hybridnas_artifacts"
 URL_ENV = "HYBRIDNAS_STORE"
 ARTIFACTS_ENV = "HYBRIDNAS_ARTIFACTS"
 SQLITE_BUSY_TIMEOUT_S = 30.0  # how long a second writer waits for the write lock
+PG_CONNECT_TIMEOUT_S = 15  # an unreachable PostgreSQL host fails after this, instead of hanging
 _PG_SCHEMA_LOCK = 0x686E6173  # pg_advisory_xact_lock key ("hnas") serializing schema creation
 
 
@@ -98,20 +105,28 @@ def _dumps(obj: Any) -> str:
     return json.dumps(obj, allow_nan=False, separators=(",", ":"))
 
 
-def make_engine(url: str, *, create: bool = True) -> Engine:
+def make_engine(url: str, *, create: bool = True, readonly: bool = False) -> Engine:
     """An engine for `url`; SQLite gets WAL, a busy timeout, foreign keys and explicit BEGINs.
 
-    With create=False (readers) the journal mode of the file is never changed.
+    With create=False (readers) the journal mode of the file is never changed; with readonly a SQLite
+    file is opened so that it cannot be written (query_only, mode=ro or immutable=1: store/access.py).
     """
     u = make_url(url)
     if u.get_backend_name() != "sqlite":
-        return create_engine(u, pool_pre_ping=True, json_serializer=_dumps)
+        kw = {}
+        if u.get_backend_name() == "postgresql" and u.get_driver_name() in ("psycopg", "psycopg2") and "connect_timeout" not in u.query:
+            kw["connect_args"] = {"connect_timeout": PG_CONNECT_TIMEOUT_S}
+        return create_engine(u, pool_pre_ping=True, json_serializer=_dumps, **kw)
     connect_args: dict[str, Any] = {"check_same_thread": False}
     if "timeout" not in u.query:  # a URL may set its own, e.g. ?timeout=1
         connect_args["timeout"] = SQLITE_BUSY_TIMEOUT_S
     kw: dict[str, Any] = {}
-    if sqlite_file(u) is None:  # in-memory: one connection, or every connection sees its own empty db
+    db_file = sqlite_file(u)
+    if db_file is None:  # in-memory: one connection, or every connection sees its own empty db
         kw["poolclass"] = StaticPool
+    elif readonly:
+        timeout = float(u.query.get("timeout", SQLITE_BUSY_TIMEOUT_S))  # type: ignore[arg-type]
+        kw["creator"] = access.read_only_connector(db_file, u.render_as_string(hide_password=True), timeout)
     engine = create_engine(u, connect_args=connect_args, json_serializer=_dumps, **kw)
 
     @event.listens_for(engine, "connect")
@@ -150,8 +165,13 @@ def _schema_version(conn: Any) -> int | None:
         raise SchemaVersionError(f"hnas_meta.schema_version is {value!r}, not an integer; this is not a hybridnas store") from None
 
 
-def check_schema(engine: Engine, write_engine: Engine, url_text: str, create: bool) -> None:
-    """Refuse newer schemas, migrate older ones (store/migrations.py), create the tables if absent."""
+def check_schema(
+    engine: Engine, write_engine: Engine, url_text: str, create: bool, *, upgrader: Callable[[int], Engine] | None = None
+) -> None:
+    """Refuse newer schemas, migrate older ones (store/migrations.py), create the tables if absent.
+
+    `upgrader(version)`, when given, returns the engine that migrates (read-only stores have none).
+    """
 
     def check(version: int | None) -> bool:
         if version is None:
@@ -167,7 +187,14 @@ def check_schema(engine: Engine, write_engine: Engine, url_text: str, create: bo
         version = _schema_version(conn)
     if check(version):
         if version is not None and version < SCHEMA_VERSION:  # an older layout: upgrade it in place, once
-            migrate(write_engine, version, SCHEMA_VERSION, url_text)
+            if upgrader is None:
+                migrate(write_engine, version, SCHEMA_VERSION, url_text)
+                return
+            upgrade_engine = upgrader(version)
+            try:
+                migrate(upgrade_engine.execution_options(hnas_write=True), version, SCHEMA_VERSION, url_text)
+            finally:
+                upgrade_engine.dispose()
         return
     if not create:
         raise StoreNotFound(f"no hybridnas store at {url_text}")
@@ -178,6 +205,24 @@ def check_schema(engine: Engine, write_engine: Engine, url_text: str, create: bo
             return
         Base.metadata.create_all(conn)
         conn.execute(Meta.__table__.insert(), [{"key": "schema_version", "value": str(SCHEMA_VERSION)}])
+
+
+def _mask_password(url: str) -> str:
+    """A URL as typed, its password hidden (for messages about URLs that did not parse)."""
+    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
+
+
+def _upgrade_engine(url_text: str, display: str, version: int) -> Engine:
+    """A writing engine that migrates an older schema for a read-only open, where the store may be written."""
+    u = make_url(url_text)
+    db_file = sqlite_file(u)
+    if db_file is not None and not access.sqlite_writable(db_file):
+        raise StoreReadOnly(
+            f"{display}: schema version {version} is older than this hybridnas's ({SCHEMA_VERSION}) and the store is "
+            f"read-only ({access.read_only_reason(db_file)}), so it cannot be upgraded in place; ask its owner to open it "
+            f"once with this hybridnas, or query a copy"
+        )
+    return make_engine(url_text, create=False)
 
 
 def _lease_live(row: Campaign, now: Any) -> bool:
@@ -249,10 +294,11 @@ class Store:
     Thread-safe: every method runs in its own session. Use `Store.open`, not the constructor.
     """
 
-    def __init__(self, engine: Engine, artifacts_dir: Path) -> None:
+    def __init__(self, engine: Engine, artifacts_dir: Path, *, readonly: bool = False) -> None:
         self.engine = engine
         self._write_engine = engine.execution_options(hnas_write=True)
         self.artifacts_dir = artifacts_dir  # absolute; created on the first artifact write
+        self.readonly = readonly
 
     @classmethod
     def open(
@@ -261,35 +307,77 @@ class Store:
         artifacts_dir: str | Path | None = None,
         *,
         create: bool = True,
+        readonly: bool | None = None,
     ) -> Store:
         """Open (and with `create`, initialize) the store at `url`.
 
         url None -> $HYBRIDNAS_STORE -> sqlite:///hybridnas.db; a bare path is a SQLite file.
         artifacts_dir None -> $HYBRIDNAS_ARTIFACTS -> '<db stem>_artifacts/' beside a SQLite file,
-        else ./hybridnas_artifacts. With create=False (readers) nothing is written except the
-        in-place upgrade of an older schema (store/migrations.py), and a missing store raises
-        StoreNotFound.
+        else ./hybridnas_artifacts. With create=False nothing is written except the in-place upgrade
+        of an older schema (store/migrations.py), and a missing store raises StoreNotFound.
+        readonly=True (queries, reports, exports) implies create=False and never writes: a SQLite file
+        opens read-only, so a store in a folder this user may only read can be queried, and an older
+        schema is upgraded only where the store is writable. readonly=False (and None with create,
+        the default) declares a writer: a store this user may only read raises StoreReadOnly now
+        rather than at its first write. readonly=None with create=False checks neither way.
+
+        Every failure to open raises a StoreOpenError (StoreNotFound, SchemaVersionError and
+        StoreReadOnly are kinds of it) whose message is one line naming the URL; the store is checked
+        readable here, so a corrupt file fails now and not at its first query.
         """
-        url_text = resolve_url(url)
-        u = make_url(url_text)
-        db_file = sqlite_file(u)
-        if db_file is not None:
-            if not create and not db_file.is_file():
-                raise StoreNotFound(f"no hybridnas store at {u.render_as_string(hide_password=True)} (file {db_file} does not exist)")
-            if create:
-                db_file.parent.mkdir(parents=True, exist_ok=True)
-        if artifacts_dir is None:
-            artifacts_dir = os.environ.get(ARTIFACTS_ENV) or (
-                db_file.parent / f"{db_file.stem}_artifacts" if db_file is not None else DEFAULT_ARTIFACTS
-            )
-        engine = make_engine(url_text, create=create)
-        store = cls(engine, Path(artifacts_dir).expanduser().resolve())
+        writer = bool(create) if readonly is None else not readonly
+        readonly = bool(readonly)
+        create = create and not readonly
+        display = _mask_password(os.fspath(url)) if url is not None else (os.environ.get(URL_ENV) or DEFAULT_URL)
+        u: URL | None = None
+        engine: Engine | None = None
         try:
-            check_schema(engine, store._write_engine, store.display_url, create)
-        except BaseException:
-            engine.dispose()
-            raise
-        return store
+            url_text = resolve_url(url)
+            u = make_url(url_text)
+            display = u.render_as_string(hide_password=True)
+            if u.get_dialect().is_async:
+                raise StoreOpenError(
+                    f"{display}: {u.drivername} is an asyncio driver; hybridnas needs a plain one, e.g. sqlite:/// or postgresql+psycopg://"
+                )
+            db_file = sqlite_file(u)
+            if db_file is not None:
+                exists = access.check_sqlite_path(db_file, display, must_exist=not create)
+                if exists and writer and not access.sqlite_writable(db_file):
+                    raise StoreReadOnly(
+                        f"{display}: the store is read-only ({access.read_only_reason(db_file)}); campaigns need a store they can "
+                        f"write (queries, reports and exports can read it)"
+                    )
+                if create and not exists:
+                    db_file.parent.mkdir(parents=True, exist_ok=True)
+                    if not os.access(db_file.parent, os.W_OK | os.X_OK):
+                        raise StoreOpenError(f"{display}: cannot create {db_file}: its folder {db_file.parent} is not writable")
+            if artifacts_dir is None:
+                artifacts_dir = os.environ.get(ARTIFACTS_ENV) or (
+                    db_file.parent / f"{db_file.stem}_artifacts" if db_file is not None else DEFAULT_ARTIFACTS
+                )
+            engine = make_engine(url_text, create=create, readonly=readonly)
+            store = cls(engine, Path(artifacts_dir).expanduser().resolve(), readonly=readonly)
+            upgrader = (lambda version: _upgrade_engine(url_text, display, version)) if readonly else None
+            check_schema(engine, store._write_engine, display, create, upgrader=upgrader)
+            if writer and db_file is None:  # SQLite was checked above, without taking its write lock
+                store._check_writable()
+            return store
+        except BaseException as e:
+            if engine is not None:
+                engine.dispose()
+            error = access.explain(e, u, display, writing=writer)
+            if error is None or error is e:
+                raise
+            raise error from e
+
+    def _check_writable(self) -> None:
+        """A write that is rolled back: a role that may only read (or a standby) fails here, not mid-campaign."""
+        with self._write_engine.connect() as conn:
+            tx = conn.begin()
+            try:
+                conn.execute(update(Meta).where(Meta.key == "schema_version").values(value=Meta.value))
+            finally:
+                tx.rollback()
 
     @property
     def url(self) -> str:
@@ -321,6 +409,8 @@ class Store:
 
     @contextmanager
     def _write(self) -> Iterator[Session]:
+        if self.readonly:
+            raise StoreReadOnly(f"{self.display_url} was opened read-only; open it with readonly=False to write")
         with Session(self._write_engine, expire_on_commit=False) as s, s.begin():
             yield s
 

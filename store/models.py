@@ -328,12 +328,20 @@ class StoreError(Exception):
     """Base of every error the store raises on purpose."""
 
 
-class StoreNotFound(StoreError):
+class StoreOpenError(StoreError):
+    """The store at a URL cannot be opened; the message says why in one line, naming the URL."""
+
+
+class StoreNotFound(StoreOpenError):
     """No hybridnas store at that URL (and the caller asked not to create one)."""
 
 
-class SchemaVersionError(StoreError):
+class SchemaVersionError(StoreOpenError):
     """The database was written by a newer (or unknown) hybridnas schema."""
+
+
+class StoreReadOnly(StoreOpenError):
+    """A writer asked for a store it may only read (read-only file, folder or database role)."""
 
 
 class CampaignExists(StoreError):
