@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from hybridnas.report.data import Entry, Objective, ReportData, collect, hybrid_shape, objectives_from_config
 from hybridnas.report.render import render_html
-from hybridnas.report.winner import Score, campaign_winner, winner_statement
 
 __all__ = [
     "collect",
@@ -21,7 +20,4 @@ __all__ = [
     "Objective",
     "objectives_from_config",
     "hybrid_shape",
-    "Score",
-    "winner_statement",
-    "campaign_winner",
 ]

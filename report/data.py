@@ -15,8 +15,7 @@ from typing import Any
 
 from hybridnas.space.spec import ALL_LINEAR, FULL_MIXERS, PLACEMENTS, ArchSpec
 from hybridnas.store.models import CampaignInfo, CandidateNotFound, EvaluationInfo
-from hybridnas.store.queries import ROW_KEYS, flatten_metrics, is_number, normalize_direction
-from hybridnas.report.winner import Score, campaign_winner
+from hybridnas.store.queries import ROW_KEYS, campaign_objectives, flatten_metrics, is_number, normalize_direction
 
 ACCURACY = "accuracy"
 STATE_BYTES = "cost_state_bytes"
@@ -33,25 +32,8 @@ class Objective:
 
 
 def objectives_from_config(config: Mapping[str, Any] | None) -> tuple[Objective, ...]:
-    """`objectives: [{metric, direction}, ...]`, else the older `objective: {metric, direction}`, else accuracy/maximize."""
-    config = config or {}
-    raw = config.get("objectives")
-    where = "objectives"
-    if not raw:
-        single = config.get("objective")
-        raw, where = ([single] if isinstance(single, Mapping) else []), "objective"
-    if not isinstance(raw, Sequence) or isinstance(raw, str):
-        raise ValueError(f"config.{where}: got {raw!r}, must be a list of {{metric, direction}}")
-    out = []
-    for i, item in enumerate(raw):
-        at = f"config.{where}" if where == "objective" else f"config.{where}[{i}]"
-        if not isinstance(item, Mapping):
-            raise ValueError(f"{at}: got {item!r}, must be a mapping with metric and direction")
-        metric = item.get("metric", ACCURACY)
-        if not isinstance(metric, str) or not metric:
-            raise ValueError(f"{at}.metric: got {metric!r}, must be a metric name")
-        out.append(Objective(metric, normalize_direction(item.get("direction", "maximize"), f"{at}.direction")))
-    return tuple(out) or (Objective(ACCURACY, "maximize"),)
+    """The campaign's objectives, primary first (read by `hybridnas.store.queries.campaign_objectives`)."""
+    return tuple(Objective(m, d) for m, d in campaign_objectives(config))
 
 
 def hybrid_shape(spec: ArchSpec) -> tuple[str, str]:
@@ -335,9 +317,7 @@ def collect(store: Any, campaign: CampaignInfo, *, metric: str | None = None, di
             fidelity=r["fidelity"], n_seeds=r["n_seeds"], metrics={k: v for k, v in r.items() if k not in not_metrics},
             std=spread.get(r["candidate_id"], {}), spec=spec, ratio=ratio, mixer=mixer,
         ))
-    scores = [Score(e.candidate_id, e.label, e.get(first.metric), e.std.get(first.metric), e.n_seeds)
-              for e in entries if e.get(first.metric) is not None]
-    winner = campaign_winner(store, campaign.id, first.metric, first.direction, scores, task=task)
+    winner = store.winner(campaign.id, first.metric, first.direction, task=task)
 
     status = Counter(ev.status for ev in evals if task is None or ev.task == task)
     problems = _problems(evals, objectives, task)

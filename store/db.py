@@ -958,12 +958,15 @@ class Store:
             self._require_campaign(s, campaign_id)
             return queries.pareto(s, campaign_id, objectives, task=task)
 
-    def winner(self, campaign_id: int, metric: str = "accuracy", direction: str = "maximize") -> dict[str, Any]:
-        """The noise-aware verdict on the leaderboard's top two (see `queries.winner`)."""
+    def winner(
+        self, campaign_id: int, metric: str = "accuracy", direction: str = "maximize", task: str | None = None
+    ) -> dict[str, Any]:
+        """The noise-aware verdict on the leaderboard's top two (see `queries.winner`), on one task's
+        evaluations when `task` is given."""
         with self._read() as s:
             self._require_campaign(s, campaign_id)
             try:
-                rows = queries.leaderboard(s, campaign_id, metric=metric, direction=direction, limit=2)
+                rows = queries.leaderboard(s, campaign_id, metric=metric, direction=direction, limit=2, task=task)
             except ValueError:  # metric never recorded
                 rows = []
             return queries.winner(rows, metric, direction)

@@ -79,34 +79,34 @@ def _std_metrics(runs: Sequence[dict[str, Any]]) -> dict[str, float]:
 
 
 def campaign_objectives(config: Any) -> list[tuple[str, str]]:
-    """Every (metric, direction) of a campaign's stored config, the primary first."""
-    objectives = config.get("objectives") if isinstance(config, Mapping) else None
-    if not (isinstance(objectives, list) and objectives):
-        return [primary_objective(config)]
+    """Every (metric, direction) of a campaign's stored config, the primary first: the one reader of it.
+
+    `objectives: [{metric, direction}, ...]` (what a validated campaign file stores), else the
+    one-item `objective: {metric, direction}` shorthand, else accuracy / maximize. A malformed entry
+    is a ValueError naming it (a stored config is validated when the campaign is created).
+    """
+    config = config if isinstance(config, Mapping) else {}
+    raw, where = config.get("objectives"), "objectives"
+    if not raw:
+        single = config.get("objective")
+        raw, where = ([single] if isinstance(single, Mapping) else []), "objective"
+    if not isinstance(raw, Sequence) or isinstance(raw, str):
+        raise ValueError(f"config.{where}: got {raw!r}, must be a list of {{metric, direction}}")
     out = []
-    for o in objectives:
-        if isinstance(o, Mapping) and isinstance(o.get("metric"), str):
-            try:
-                out.append((o["metric"], normalize_direction(o.get("direction", "maximize"))))
-            except ValueError:
-                continue
-    return out or [primary_objective(config)]
+    for i, item in enumerate(raw):
+        at = f"config.{where}" if where == "objective" else f"config.{where}[{i}]"
+        if not isinstance(item, Mapping):
+            raise ValueError(f"{at}: got {item!r}, must be a mapping with metric and direction")
+        metric = item.get("metric", "accuracy")
+        if not isinstance(metric, str) or not metric:
+            raise ValueError(f"{at}.metric: got {metric!r}, must be a metric name")
+        out.append((metric, normalize_direction(item.get("direction", "maximize"), f"{at}.direction")))
+    return out or [("accuracy", "maximize")]
 
 
 def primary_objective(config: Any) -> tuple[str, str]:
-    """(metric, direction) of a campaign's first objective, read from its stored config."""
-    metric, direction = "accuracy", "maximize"
-    if not isinstance(config, Mapping):
-        return metric, direction
-    objectives = config.get("objectives")
-    first = objectives[0] if isinstance(objectives, list) and objectives else config.get("objective")
-    if isinstance(first, Mapping):
-        metric = str(first.get("metric", metric))
-        try:
-            direction = normalize_direction(first.get("direction", direction))
-        except ValueError:
-            pass
-    return metric, direction
+    """(metric, direction) of a campaign's first objective."""
+    return campaign_objectives(config)[0]
 
 
 def _require_campaign(session: Session, campaign_id: int) -> None:
@@ -200,36 +200,48 @@ def leaderboard(
     return rows if limit is None else rows[:limit]
 
 
-def winner(rows: Sequence[dict[str, Any]], metric: str, direction: str) -> dict[str, Any]:
-    """Is the leaderboard's #1 a winner, or tied with #2 within the seed spread?
+def _fmt(v: float) -> str:
+    return f"{v:.4g}"
 
-    The lead (difference of seed means) must exceed the spread, the sum of the two candidates' seed
-    standard deviations. With a single seed the spread is unknown and the verdict says so.
-    Returns {candidate_id, tie, lead, spread, text}; candidate_id is None when there is no clear winner.
+
+def winner(rows: Sequence[dict[str, Any]], metric: str, direction: str) -> dict[str, Any]:
+    """Is the leaderboard's #1 a winner, or tied with #2 within the seed spread? The one verdict.
+
+    `rows` are leaderboard rows, best first (label, the metric's seed mean, `<metric>_std`,
+    n_seeds). #1 wins only when its lead over #2 exceeds the spread, the sum of their seed standard
+    deviations; with a single seed on either the spread is unknown and #1 is named without a claim.
+    Returns {candidate_id, tie, lead, spread, text}; candidate_id is None on a tie or with no candidate.
     """
     direction = normalize_direction(direction)
     scored = [r for r in rows if is_number(r.get(metric))]
     if not scored:
-        return {"candidate_id": None, "tie": False, "lead": None, "spread": None, "text": f"no candidate has {metric} yet"}
+        return {"candidate_id": None, "tie": False, "lead": None, "spread": None,
+                "text": f"No candidate has a finished evaluation with {metric} yet: no winner."}
     first = scored[0]
+    name1 = f"#{first['candidate_id']} {first.get('label', '')}".rstrip()
     if len(scored) == 1:
         return {"candidate_id": first["candidate_id"], "tie": False, "lead": None, "spread": None,
-                "text": f"#{first['candidate_id']} is the only candidate scored on {metric}"}
+                "text": f"{name1} is the only candidate with {metric} ({_fmt(first[metric])}): nothing to compare it with."}
     second = scored[1]
-    lead = abs(first[metric] - second[metric])
-    stds = [first.get(f"{metric}_std"), second.get(f"{metric}_std")]
-    if any(s is None for s in stds):
+    name2 = f"#{second['candidate_id']} {second.get('label', '')}".rstrip()
+    m1, m2 = float(first[metric]), float(second[metric])
+    lead = m1 - m2 if direction == "maximize" else m2 - m1
+    s1, s2 = first.get(f"{metric}_std"), second.get(f"{metric}_std")
+    if s1 is None or s2 is None:
         return {"candidate_id": first["candidate_id"], "tie": False, "lead": lead, "spread": None,
-                "text": (f"#{first['candidate_id']} leads #{second['candidate_id']} by {lead:.4g} {metric}; "
-                         f"single seed: spread unknown, re-evaluate the top candidates with more seeds to tell")}
-    spread = float(stds[0]) + float(stds[1])
+                "text": f"{name1} leads on {metric} with {_fmt(m1)}, {_fmt(lead)} ahead of {name2} ({_fmt(m2)}); "
+                        f"single seed: spread unknown, re-evaluate the top candidates with more seeds to tell."}
+    spread = float(s1) + float(s2)
+    n1, n2 = first.get("n_seeds", "?"), second.get("n_seeds", "?")
     if lead > spread:
         return {"candidate_id": first["candidate_id"], "tie": False, "lead": lead, "spread": spread,
-                "text": (f"#{first['candidate_id']} wins: it leads #{second['candidate_id']} by {lead:.4g} {metric}, "
-                         f"more than the seed spread {spread:.4g}")}
+                "text": f"{name1} wins on {metric} with {_fmt(m1)} ± {_fmt(float(s1))} over {n1} seeds: "
+                        f"{_fmt(lead)} ahead of {name2} ({_fmt(m2)} ± {_fmt(float(s2))}, {n2} seeds), "
+                        f"more than their combined seed spread {_fmt(spread)}."}
     return {"candidate_id": None, "tie": True, "lead": lead, "spread": spread,
-            "text": (f"tie: #{first['candidate_id']} leads #{second['candidate_id']} by {lead:.4g} {metric}, "
-                     f"within the seed spread {spread:.4g}")}
+            "text": f"Tie on {metric}: {name1} ({_fmt(m1)} ± {_fmt(float(s1))}) is ahead of {name2} "
+                    f"({_fmt(m2)} ± {_fmt(float(s2))}) by {_fmt(lead)}, within their combined seed spread "
+                    f"{_fmt(spread)}; more seeds are needed to separate them."}
 
 
 def _dominates(a: Sequence[float], b: Sequence[float]) -> bool:

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from hybridnas.report import Score, collect, hybrid_shape, objectives_from_config, render_html, winner_statement
+from hybridnas.report import collect, hybrid_shape, objectives_from_config, render_html
+from hybridnas.store.queries import winner
 from hybridnas.report.data import Objective
 from hybridnas.report.svg import Axis, Point, nice_ticks, scatter
-from hybridnas.report.winner import campaign_winner
 from hybridnas.space.cost import estimate_cost
 from hybridnas.space.spec import ArchSpec, HybridGenes, LayerSpec
 from hybridnas.store import Store
@@ -50,34 +50,24 @@ def test_hybrid_shape() -> None:
     assert hybrid_shape(_layers("gla", "gla", "swa", "attention", "attention")) == ("0.67", "gla")
 
 
+def _row(cid: int, label: str, mean: float, std: float | None, n: int) -> dict[str, Any]:
+    return {"candidate_id": cid, "label": label, "accuracy": mean, "loss": mean, "accuracy_std": std, "loss_std": std, "n_seeds": n}
+
+
 def test_winner_statement() -> None:
-    win = winner_statement([Score(6, "a", 0.93, 0.005, 3), Score(3, "b", 0.90, 0.01, 3)], "accuracy", "maximize")
+    """The one verdict (hybridnas.store.queries.winner), as the report and the CLI print it."""
+    win = winner([_row(6, "a", 0.93, 0.005, 3), _row(3, "b", 0.90, 0.01, 3)], "accuracy", "maximize")
     assert win["candidate_id"] == 6 and not win["tie"]
     assert win["lead"] == pytest.approx(0.03) and win["spread"] == pytest.approx(0.015) and "#6 a wins" in win["text"]
-    tie = winner_statement([Score(6, "a", 0.93, 0.02, 3), Score(3, "b", 0.92, 0.01, 2)], "accuracy", "max")
+    tie = winner([_row(6, "a", 0.93, 0.02, 3), _row(3, "b", 0.92, 0.01, 2)], "accuracy", "max")
     assert tie["candidate_id"] is None and tie["tie"] and tie["spread"] == pytest.approx(0.03) and "Tie on accuracy" in tie["text"]
-    single = winner_statement([Score(2, "a", 0.5, None, 1), Score(9, "b", 0.7, 0.1, 3)], "loss", "minimize")
+    single = winner([_row(2, "a", 0.5, None, 1), _row(9, "b", 0.7, 0.1, 3)], "loss", "minimize")
     assert single["candidate_id"] == 2 and not single["tie"] and single["spread"] is None
     assert single["lead"] == pytest.approx(0.2) and "single seed: spread unknown" in single["text"]
-    alone = winner_statement([Score(4, "a", 0.5, None, 1)], "accuracy", "maximize")
+    alone = winner([_row(4, "a", 0.5, None, 1)], "accuracy", "maximize")
     assert alone["candidate_id"] == 4 and alone["lead"] is None and "only candidate" in alone["text"]
-    none = winner_statement([], "accuracy", "maximize")
+    none = winner([], "accuracy", "maximize")
     assert none["candidate_id"] is None and not none["tie"] and "no winner" in none["text"]
-
-
-class _Judge:
-    """A store that offers `winner`: the report must take its verdict as given."""
-
-    def winner(self, campaign_id: int, metric: str, direction: str) -> dict[str, Any]:
-        return {"candidate_id": 41, "tie": False, "lead": 1.0, "spread": 0.5, "text": f"judged {campaign_id} {metric} {direction}"}
-
-
-def test_campaign_winner_prefers_the_store() -> None:
-    scores = [Score(1, "a", 0.9, 0.0, 2), Score(2, "b", 0.1, 0.0, 2)]
-    assert campaign_winner(_Judge(), 5, "accuracy", "maximize", scores)["text"] == "judged 5 accuracy maximize"
-    # Store.winner has no task filter: a task-filtered report judges its own rows.
-    assert campaign_winner(_Judge(), 5, "accuracy", "maximize", scores, task="mqar")["candidate_id"] == 1
-    assert campaign_winner(object(), 5, "accuracy", "maximize", scores) == winner_statement(scores, "accuracy", "maximize")
 
 
 def test_collect(recorded: Any) -> None:
