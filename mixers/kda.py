@@ -3,41 +3,29 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from hybridnas.mixers.layers import INIT_STD, RecurrentMixer, reset_decay, run_delta_rule
+from hybridnas.mixers.layers import DecayRate, DeltaRuleMixer
 from hybridnas.mixers.registry import LayerOptions, MixerCost, MixerDef, recurrent_cost
 
 
-class KDA(RecurrentMixer):
-    """S' = diag(exp gk_t) S ; S = S' + beta_t k (v - S'^T k)^T, with the decay per key channel
-    gk_t = -A_h softplus(f_proj(x) + dt_bias), f_proj a low-rank map d -> V -> H * K.
+class KDA(DeltaRuleMixer):
+    """The delta rule after a decay per key channel, gk_t = -A_h softplus(f_proj(x) + dt_bias), f_proj
+    a low-rank map d -> V -> H * K.
 
     Where Gated DeltaNet forgets a whole head at once, KDA forgets each key channel at its own rate
-    (the per-channel gate of GLA on the delta rule). Init: A = 1, dt spread over [1e-3, 1e-1]
-    across every key channel.
+    (GLA's per-channel gate on the delta rule).
     """
 
     def extra_parameters(self, d_model: int) -> None:
-        H, K = self.n_heads, self.head_k
-        self.b_proj = nn.Linear(d_model, H, bias=False)
-        self.f_proj = nn.Sequential(nn.Linear(d_model, self.head_v, bias=False), nn.Linear(self.head_v, H * K, bias=False))
-        self.A_log = nn.Parameter(torch.empty(H))
-        self.dt_bias = nn.Parameter(torch.empty(H * K))
+        super().extra_parameters(d_model)
+        H, K, V = self.n_heads, self.head_k, self.head_v
+        self.f_proj = nn.Sequential(nn.Linear(d_model, V, bias=False), nn.Linear(V, H * K, bias=False))
+        self.rate = DecayRate(H, per_head=K)
 
-    def reset_parameters(self, out_std: float = INIT_STD) -> None:
-        super().reset_parameters(out_std)
-        reset_decay(self.A_log, self.dt_bias)
-
-    def recurrence(
-        self, x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: torch.Tensor | None, use_cache: bool
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        q, k = F.normalize(q, p=2.0, dim=-1), F.normalize(k, p=2.0, dim=-1)
-        beta = torch.sigmoid(self.b_proj(x))  # [B, T, H]
-        rate = F.softplus(self.f_proj(x) + self.dt_bias).view_as(k)  # [B, T, H, K]
-        gk = -torch.exp(self.A_log)[:, None] * rate  # [B, T, H, K] log decay
-        return run_delta_rule(q, k, v, beta, None, gk, state, use_cache)
+    def decay(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        B, T = x.shape[:2]
+        return None, self.rate(self.f_proj(x)).view(B, T, self.n_heads, self.head_k)  # gk [B, T, H, K]
 
 
 def _cost(layer: LayerOptions, d_model: int, context_len: int) -> MixerCost:

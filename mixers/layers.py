@@ -216,11 +216,51 @@ class RecurrentMixer(nn.Module):
         return self.out(o, x), (new if use_cache else None)
 
 
-def reset_decay(A_log: torch.Tensor, dt_bias: torch.Tensor) -> None:
-    """A = 1 and the step sizes dt spread over [1e-3, 1e-1] (time scales of 10 to 1000 tokens)."""
-    with torch.no_grad():
-        A_log.zero_()
-        dt_bias.copy_(inverse_softplus(spread_dt(dt_bias.numel())).view_as(dt_bias))
+class DeltaRuleMixer(RecurrentMixer):
+    """The delta rule family: L2-normalized q and k, a write strength beta_t = sigmoid(b_proj(x)) per
+    head, and the decay `decay(x)` gives (none here: DeltaNet; per head: Gated DeltaNet; per key
+    channel: KDA). S' = diag(alpha_t) S ; S = S' + beta_t k (v - S'^T k)^T ; o = S^T q / sqrt(K)."""
+
+    def extra_parameters(self, d_model: int) -> None:
+        self.b_proj = nn.Linear(d_model, self.n_heads, bias=False)
+
+    def decay(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(g [B, T, H], gk [B, T, H, K]) log decays, at most one of them; neither for the plain rule."""
+        return None, None
+
+    def recurrence(
+        self, x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: torch.Tensor | None, use_cache: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        q, k = F.normalize(q, p=2.0, dim=-1), F.normalize(k, p=2.0, dim=-1)
+        beta = torch.sigmoid(self.b_proj(x))  # [B, T, H]
+        g, gk = self.decay(x)
+        return run_delta_rule(q, k, v, beta, g, gk, state, use_cache)
+
+
+class DecayRate(nn.Module):
+    """A data-dependent log decay, -A softplus(z + dt_bias), from logits z [..., H * C]: A = exp(A_log)
+    per head, dt_bias per head (C = 1, Mamba-2, Gated DeltaNet) or per key channel (C = K, KDA).
+
+    Init: A = 1 and the step sizes dt spread over [1e-3, 1e-1] (time scales of 10 to 1000 tokens),
+    where Mamba-2 draws them at random: with the two heads of a proxy model a draw can leave no long
+    memory at all, and which one a seed gets would be ranked instead of the architecture.
+    """
+
+    def __init__(self, n_heads: int, per_head: int = 1) -> None:
+        super().__init__()
+        self.per_head = per_head
+        self.A_log = nn.Parameter(torch.empty(n_heads))
+        self.dt_bias = nn.Parameter(torch.empty(n_heads * per_head))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            self.A_log.zero_()
+            self.dt_bias.copy_(inverse_softplus(spread_dt(self.dt_bias.numel())))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        A = torch.exp(self.A_log).repeat_interleave(self.per_head)  # [H * C]
+        return -A * F.softplus(z + self.dt_bias)  # [..., H * C]
 
 
 def apply_gate(y: torch.Tensor, g_proj: nn.Module | None, x: torch.Tensor, gate: str) -> torch.Tensor:

@@ -3,33 +3,24 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from hybridnas.mixers.layers import INIT_STD, RecurrentMixer, reset_decay, run_gla
+from hybridnas.mixers.layers import DecayRate, RecurrentMixer, run_gla
 from hybridnas.mixers.registry import LayerOptions, MixerCost, MixerDef, recurrent_cost
 
 
 class Mamba2(RecurrentMixer):
-    """S = exp(-A_h dt_t) S + k v^T with dt_t = softplus(a_proj(x) + dt_bias) per head (q = C, k = B, v = x).
-
-    Init: A = 1 and the step sizes dt spread over [1e-3, 1e-1] across heads (time scales of 10 to
-    1000 tokens), where Mamba-2 draws them at random: with two heads a draw can leave no long memory.
-    """
+    """S = exp(-A_h dt_t) S + k v^T with dt_t = softplus(a_proj(x) + dt_bias) per head (q = C, k = B,
+    v = x): SSD's scalar decay per head, in attention form."""
 
     def extra_parameters(self, d_model: int) -> None:
         self.a_proj = nn.Linear(d_model, self.n_heads, bias=False)
-        self.A_log = nn.Parameter(torch.empty(self.n_heads))
-        self.dt_bias = nn.Parameter(torch.empty(self.n_heads))
-
-    def reset_parameters(self, out_std: float = INIT_STD) -> None:
-        super().reset_parameters(out_std)
-        reset_decay(self.A_log, self.dt_bias)
+        self.rate = DecayRate(self.n_heads)
 
     def recurrence(
         self, x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: torch.Tensor | None, use_cache: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        g = -torch.exp(self.A_log) * F.softplus(self.a_proj(x) + self.dt_bias)  # [B, T, H] log decay
+        g = self.rate(self.a_proj(x))  # [B, T, H] log decay
         return run_gla(q, k, v, g, None, state, use_cache)
 
 

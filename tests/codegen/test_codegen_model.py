@@ -171,8 +171,8 @@ def test_init_is_seeded_and_scaled() -> None:
     assert torch.equal(a.layers[0].norm1.weight, torch.ones(32)) and torch.equal(a.layers[0].norm1.bias, torch.zeros(32))
     # Mamba-2's decay: A = 1, step sizes at the quantiles of log-uniform(1e-3, 1e-1) (two heads: 10^-2.5, 10^-1.5).
     mixer = a.layers[0].mixer
-    assert torch.equal(mixer.A_log, torch.zeros(2))
-    torch.testing.assert_close(torch.nn.functional.softplus(mixer.dt_bias), torch.tensor([10**-2.5, 10**-1.5]))
+    assert torch.equal(mixer.rate.A_log, torch.zeros(2))
+    torch.testing.assert_close(torch.nn.functional.softplus(mixer.rate.dt_bias), torch.tensor([10**-2.5, 10**-1.5]))
     # The recurrent output norm starts at 1/sqrt(H*V), so its write is o_proj's std per channel.
     torch.testing.assert_close(mixer.out.norm.weight, torch.full((16,), 32**-0.5))
     untied = build_model(ArchSpec(d_model=16, layers=(LayerSpec("gla"),), vocab_size=9, tie_embeddings=False))

@@ -111,7 +111,7 @@ def test_each_mixer_class_is_embedded_once_and_only_when_used() -> None:
 def test_generated_module_reports_source_lines_in_tracebacks(mixer_spec: Callable[..., ArchSpec]) -> None:
     module = build_module(mixer_spec("deltanet"), "traced")
     assert module.__name__ in sys.modules
-    assert "def recurrence" in inspect.getsource(module.DeltaNet)
+    assert "def recurrence" in inspect.getsource(module.DeltaRuleMixer)
     assert inspect.getsource(module) == render(mixer_spec("deltanet"), "traced")
 
 

@@ -25,7 +25,9 @@ from typing import Callable
 import pytest
 import torch
 
-pytest.importorskip("triton")
+if sys.platform != "linux":  # a dependency on Linux only (no wheels elsewhere): there, a missing triton fails
+    pytest.skip("triton is installed with hybridnas on Linux only", allow_module_level=True)
+import triton  # noqa: E402, F401
 
 from hybridnas.kernels import triton_common  # noqa: E402
 from hybridnas.kernels.naive import naive_gated_delta_rule, naive_gated_linear_attention  # noqa: E402

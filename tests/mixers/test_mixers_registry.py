@@ -90,13 +90,13 @@ def test_recurrent_output_norm_starts_small_and_decays_spread_over_heads() -> No
     torch.manual_seed(0)
     gdn = REGISTRY["gated_deltanet"].build(64, LayerSpec("gated_deltanet", n_heads=4))
     assert torch.allclose(gdn.out.norm.weight, torch.full((16,), 1 / 8))  # 1 / sqrt(H * V)
-    dt = torch.nn.functional.softplus(gdn.dt_bias)
-    assert torch.equal(gdn.A_log, torch.zeros(4))
+    dt = torch.nn.functional.softplus(gdn.rate.dt_bias)
+    assert torch.equal(gdn.rate.A_log, torch.zeros(4))
     assert dt.min() > 1e-3 and dt.max() < 1e-1 and (dt[1:] > dt[:-1]).all()  # one time scale per head
     # The same for every seed: time scales are not drawn.
     torch.manual_seed(1)
     other = REGISTRY["gated_deltanet"].build(64, LayerSpec("gated_deltanet", n_heads=4))
-    assert torch.equal(other.dt_bias, gdn.dt_bias)
+    assert torch.equal(other.rate.dt_bias, gdn.rate.dt_bias)
 
 
 def test_kda_is_the_gated_delta_rule_with_a_decay_per_key_channel() -> None:
@@ -110,8 +110,8 @@ def test_kda_is_the_gated_delta_rule_with_a_decay_per_key_channel() -> None:
         q, k, v = kda.qkv(x, cache, new, False)
         q, k = torch.nn.functional.normalize(q, dim=-1), torch.nn.functional.normalize(k, dim=-1)
         beta = torch.sigmoid(kda.b_proj(x))
-        rate = torch.nn.functional.softplus(kda.f_proj(x) + kda.dt_bias).view(2, 7, 3, 4)
-        gk = -kda.A_log.exp()[:, None] * rate  # [B, T, H, K]
+        rate = torch.nn.functional.softplus(kda.f_proj(x) + kda.rate.dt_bias).view(2, 7, 3, 4)
+        gk = -kda.rate.A_log.exp()[:, None] * rate  # [B, T, H, K]
         assert (gk[..., 0] != gk[..., 1]).any()  # truly per channel
         o, _ = naive_gated_delta_rule(q, k, v, beta, gk=gk)
         expected = kda.out(o, x)
