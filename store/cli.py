@@ -17,6 +17,8 @@ from enum import Enum
 from typing import Annotated, Any, NoReturn
 
 import typer
+from rich import box
+from rich.cells import cell_len
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -202,26 +204,21 @@ def leaderboard_table(
     objectives: Sequence[tuple[str, str]],
     spreads: Mapping[str, Mapping[int, Any]] | None = None,
     title: str | None = None,
+    width: int | None = None,
 ) -> Table:
     """What a person needs from a leaderboard, narrow enough for a 120-column terminal.
 
     Rank, candidate id, design label, each objective as 'mean ± seed spread' (↑ maximize, ↓ minimize),
     the number of seeds, and the recurrent state or KV bytes; `--all`, JSON and CSV show everything.
-    Numbers never wrap; a label too long for the terminal is cut with an ellipsis.
+    Numbers never wrap or shrink; given the terminal `width`, the design label takes what is left and
+    a longer one is cut with an ellipsis.
     """
     spreads = spreads or {}
-    table = Table(title=title, min_width=len(title) + 4 if title else None)
-    table.add_column("#", justify="right", no_wrap=True)
-    table.add_column("id", justify="right", no_wrap=True)
-    table.add_column("design", no_wrap=True, overflow="ellipsis", min_width=12)
     metrics = list(dict.fromkeys(m for m, _ in objectives))
     arrows = {m: "↑" if d == "maximize" else "↓" for m, d in reversed(objectives)}
-    for m in metrics:
-        table.add_column(f"{m} {arrows[m]}", justify="right", no_wrap=True)
-    table.add_column("seeds", justify="right", no_wrap=True)
     state = STATE_BYTES not in metrics and any(is_number(r.get(STATE_BYTES)) for r in rows)
-    if state:
-        table.add_column("state", justify="right", no_wrap=True)
+    headers = ["#", "id", "design", *(f"{m} {arrows[m]}" for m in metrics), "seeds", *(["state"] if state else [])]
+    body = []
     for r in rows:
         cid = r.get("candidate_id")
         cells = [_cell(r.get("rank")), _cell(cid), _cell(r.get("label"))]
@@ -231,6 +228,26 @@ def leaderboard_table(
         cells.append(_cell(r.get("n_seeds")))
         if state:
             cells.append(human_bytes(r[STATE_BYTES]) if is_number(r.get(STATE_BYTES)) else "-")
+        body.append(cells)
+    widths = [max([cell_len(h), *(cell_len(c[i]) for c in body)]) for i, h in enumerate(headers)]
+    design_max = None
+    if width is not None:  # one space of padding each side of a column but the outer two, one between columns
+        design_max = max(12, width - (sum(widths) - widths[2]) - 3 * len(headers) + 3)
+    # No outer frame: those four columns are what lets a full label like
+    # 'gated_deltanet×3+attention×1 d64 LLLA gate:swish conv' fit in 120 with two objectives.
+    table = Table(
+        title=title,
+        min_width=min(len(title) + 4, width or len(title) + 4) if title else None,
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+    )
+    for i, h in enumerate(headers):
+        if i == 2:
+            table.add_column(h, no_wrap=True, overflow="ellipsis", max_width=design_max)
+        else:
+            table.add_column(h, justify="right", no_wrap=True, min_width=widths[i])
+    for cells in body:
         table.add_row(*cells)
     return table
 
@@ -310,7 +327,8 @@ def campaign_show(store: Store, name: str | None, fmt: str | OutputFormat = Outp
         top = store.leaderboard(info.id, metric=info.metric, direction=info.direction, limit=5)
         objectives = _board_objectives(info, info.metric, info.direction)
         spreads = _spreads(store, info.id, [m for m, _ in objectives], top, None)
-        _console().print(leaderboard_table(top, objectives, spreads, title=f"top {len(top)} by {info.metric}"))
+        console = _console()
+        console.print(leaderboard_table(top, objectives, spreads, title=f"top {len(top)} by {info.metric}", width=console.width))
 
 
 def print_leaderboard(
@@ -346,7 +364,8 @@ def print_leaderboard(
     if fmt is OutputFormat.table and not all_columns:
         objectives = _board_objectives(info, metric, direction)
         spreads = _spreads(store, info.id, [m for m, _ in objectives], rows, task)
-        _console().print(leaderboard_table(rows, objectives, spreads, title=title))
+        console = _console()
+        console.print(leaderboard_table(rows, objectives, spreads, title=title, width=console.width))
         return
     emit(rows, fmt, title=title, columns=ROW_KEYS)
 
@@ -407,7 +426,8 @@ def pareto_cmd(
         title = f"{info.name}: Pareto front of " + ", ".join(f"{m} ({d})" for m, d in objs)
         if check_format(fmt) is OutputFormat.table and not all_columns:
             spreads = _spreads(store, info.id, [m for m, _ in objs], rows, task)
-            _console().print(leaderboard_table(rows, objs, spreads, title=title))
+            console = _console()
+            console.print(leaderboard_table(rows, objs, spreads, title=title, width=console.width))
             return
         emit(rows, fmt, title=title, columns=ROW_KEYS)
 

@@ -133,11 +133,12 @@ def _tree(root: Path) -> dict[str, bytes | None]:
     return out
 
 
-@pytest.mark.parametrize("kind", list(KINDS))
-@pytest.mark.parametrize("verb", VERBS)
+# launch creates a missing store: that is its job, so that one pair is not a bad store.
+CASES = [(verb, kind) for verb in VERBS for kind in KINDS if (verb, kind) != ("campaign launch", "missing")]
+
+
+@pytest.mark.parametrize("verb, kind", CASES)
 def test_bad_store_is_one_line_and_exit_2(verb: str, kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make_spec) -> None:
-    if verb == "campaign launch" and kind == "missing":
-        pytest.skip("launch creates a missing store: that is its job")
     make, words = KINDS[kind]
     spec_dir = tmp_path / "campaign"
     spec_dir.mkdir()

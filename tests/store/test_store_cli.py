@@ -236,3 +236,92 @@ def test_leaderboard_on_an_objective_metric_takes_its_direction(tmp_path: Path, 
     assert [r["loss"] for r in json.loads(res.stdout)] == [0.9, 0.5, 0.2]
     res = _invoke(["leaderboard", "--store", url, "--format", "json", "--metric", "cost_state_bytes"])
     assert res.exit_code == 2  # never recorded: a usage error naming the metric
+
+
+# --- the default leaderboard table fits a 120-column terminal ---------------------------------------
+
+
+@pytest.fixture
+def wide_campaign(tmp_path: Path) -> str:
+    """Long design labels, two objectives, three seeds each, and state bytes: the quickstart's output."""
+    from hybridnas.space.spec import RECURRENT_MIXERS, ArchSpec, HybridGenes
+
+    url = f"sqlite:///{tmp_path / 'wide.db'}"
+    objectives = [{"metric": "accuracy", "direction": "maximize"}, {"metric": "loss", "direction": "minimize"}]
+    with Store.open(url) as s:
+        cid = s.create_campaign("quickstart", {"objectives": objectives}, seed=0)
+        for i, mixer in enumerate(RECURRENT_MIXERS):
+            genes = HybridGenes(linear_mixer=mixer, gate="swish", short_conv=True)
+            spec = ArchSpec.from_hybrid(genes, d_model=128, n_layers=8, n_heads=4, vocab_size=32)
+            for seed in range(3):
+                _, ev = s.add_candidate(cid, spec, generation=i, parents=[], task="mqar", fidelity=300, seed=seed)
+                s.finish_evaluation(ev, status="done", error=None, metrics={
+                    "accuracy": 0.9 + 0.01 * i + 0.002 * seed, "loss": 0.31 - 0.01 * i + 0.003 * seed,
+                    "params": 1_234_567, "cost_state_bytes": 12_595 * (i + 1), "cost_flops_per_token": 9.87e6,
+                    "prefill_tokens_per_s": 123456.7, "decode_tokens_per_s": 2345.6})
+    return url
+
+
+def _render_at(width: int, monkeypatch: pytest.MonkeyPatch, args: list[str]) -> list[str]:
+    from rich.console import Console
+
+    import hybridnas.store.cli as store_cli
+
+    buf = io.StringIO()
+    monkeypatch.setattr(store_cli, "_console", lambda: Console(file=buf, width=width, color_system=None))
+    res = _invoke(args) if args[0] != "show" else runner.invoke(campaign_app, args)
+    assert res.exit_code == 0, res.output
+    return buf.getvalue().splitlines()
+
+
+def test_default_leaderboard_fits_120_columns(wide_campaign: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rich.cells import cell_len
+
+    with Store.open(wide_campaign, readonly=True) as s:
+        labels = [r["label"] for r in s.leaderboard(s.get_campaign().id)]
+    lines = _render_at(120, monkeypatch, ["leaderboard", "--store", wide_campaign])
+    assert max(cell_len(line) for line in lines) <= 120, "\n".join(lines)
+    assert len(lines) == len(labels) + 3, "\n".join(lines)  # title, header, rule, a line per row
+    header = lines[1]
+    for column in ("#", "id", "design", "accuracy ↑", "loss ↓", "seeds", "state"):
+        assert column in header, header
+    for dropped in ("spec_hash", "generation", "fidelity", "params", "prefill", "decode"):
+        assert dropped not in header
+    for label, line in zip(labels, lines[3:]):
+        assert label in line, line  # the quickstart's labels fit whole
+        assert "…" not in line and line.count(" ± ") == 2 and "KiB" in line and " 3 " in line, line
+    assert "0.972 ± 0.002" in lines[3] and "0.243 ± 0.003" in lines[3]
+
+
+def test_all_columns_and_machine_formats_keep_everything(wide_campaign: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    lines = _render_at(400, monkeypatch, ["leaderboard", "--store", wide_campaign, "--all"])
+    header = " ".join(lines[:4])
+    for column in ("spec_hash", "generation", "fidelity", "params", "prefill_tokens_per_s", "accuracy_std"):
+        assert column in header, header
+    rows = json.loads(_invoke(["leaderboard", "--store", wide_campaign, "-f", "json"]).stdout)
+    assert {"spec_hash", "params", "decode_tokens_per_s", "accuracy_std", "cost_state_bytes"} <= set(rows[0])
+    assert rows[0]["cost_state_bytes"] == 12_595 * 8 or isinstance(rows[0]["cost_state_bytes"], int)
+    header_csv = _invoke(["leaderboard", "--store", wide_campaign, "-f", "csv"]).stdout.splitlines()[0]
+    assert "prefill_tokens_per_s" in header_csv and "accuracy_std" in header_csv
+
+
+def test_campaign_show_top_table_fits_120_columns(wide_campaign: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rich.cells import cell_len
+
+    lines = _render_at(120, monkeypatch, ["show", "--store", wide_campaign])
+    assert max(cell_len(line) for line in lines) <= 120, "\n".join(lines)
+    start = next(i for i, line in enumerate(lines) if "top 5 by accuracy" in line)
+    assert len(lines) - start == 3 + 5, "\n".join(lines[start:])  # five rows, none wrapped
+    assert "accuracy ↑" in lines[start + 1] and "loss ↓" in lines[start + 1]
+
+
+def test_number_cells() -> None:
+    from hybridnas.store.cli import human_bytes, with_spread
+
+    assert with_spread(0.98123, 0.00412) == "0.981 ± 0.004"
+    assert with_spread(0.5) == "0.500"
+    assert with_spread(2.3456, 0.0123) == "2.35 ± 0.01"
+    assert with_spread(123456.7, 1234.5) == "123457 ± 1234"
+    assert with_spread(None) == "-"
+    assert human_bytes(512) == "512 B" and human_bytes(12_595) == "12.3 KiB" and human_bytes(3 * 2**20) == "3.0 MiB"
+    assert with_spread(12_595, 100, as_bytes=True) == "12.3 KiB ± 100 B"
