@@ -10,9 +10,19 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from hybridnas.search.campaign import Campaign, CampaignFileError, load_campaign, parse_campaign
+from hybridnas.search.campaign import (
+    Campaign,
+    MAX_WORKERS,
+    CampaignFileError,
+    estimate_size,
+    format_bytes,
+    load_campaign,
+    machine_memory_bytes,
+    parse_campaign,
+)
 from hybridnas.search.controller import Controller, Event, LeaseLost, RunSummary
 from hybridnas.search.api import executor_for
 from hybridnas.workers import EXECUTORS, Executor
@@ -63,12 +73,20 @@ def _executor(campaign: Campaign, kind: str | None, workers: int | None, address
         raise
 
 
-def _load(file: Path, **overrides: object) -> Campaign:
+def _load(file: Path, size_check: bool = True, **overrides: object) -> Campaign:
     try:
-        return load_campaign(file, **overrides)
+        return load_campaign(file, size_check=size_check, **overrides)
     except CampaignFileError as e:
-        fail(str(e))
+        fail(escape(str(e)))  # the file's own text may look like console markup: print it as it is
         raise  # unreachable; keeps type checkers quiet
+
+
+_NO_SIZE_CHECK_HELP = (
+    "Skip the estimate of one evaluation's memory (task data, model, activations, hardware measurement) "
+    "and training time, checked against this machine's memory and execution.timeout_s before anything runs "
+    "(host memory only when execution.gpus_per_worker > 0). "
+    "For workers larger than this machine (a cluster joined with --address) or an estimate known to be too high."
+)
 
 
 def _run(
@@ -165,15 +183,16 @@ def launch(
     store: StoreOption = None,
     name: Optional[str] = typer.Option(None, "--name", help="Override the campaign name from the file."),
     executor: Optional[str] = typer.Option(None, "--executor", help="ray | inprocess | replay (overrides the file)."),
-    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Evaluations in flight (overrides the file)."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, max=MAX_WORKERS, help="Evaluations in flight (overrides the file)."),
     address: Optional[str] = typer.Option(None, "--address", help="Join an existing Ray cluster."),
     export_dir: Path = typer.Option(Path("export"), "--export-dir", help="Export the winner to DIR/<campaign>/."),
     no_export: bool = typer.Option(False, "--no-export", help="Do not export the winner."),
+    no_size_check: bool = typer.Option(False, "--no-size-check", help=_NO_SIZE_CHECK_HELP),
 ) -> None:
     """Validate FILE, create the campaign in the store, and run it to its budget."""
     if executor is not None and executor not in EXECUTORS:
         fail(f"--executor: {executor!r} is not allowed; allowed: {', '.join(EXECUTORS)}")
-    campaign = _load(file, name=name)
+    campaign = _load(file, size_check=not no_size_check, name=name)
     st = _open_for_writing(store)
     try:
         if st.campaign_exists(campaign.name):
@@ -260,13 +279,25 @@ def stop(
 
 
 @campaign_app.command("validate")
-def validate(file: Path = typer.Argument(..., help="Campaign YAML file.")) -> None:
+def validate(
+    file: Path = typer.Argument(..., help="Campaign YAML file."),
+    no_size_check: bool = typer.Option(False, "--no-size-check", help=_NO_SIZE_CHECK_HELP),
+) -> None:
     """Check a campaign file without running it."""
-    campaign = _load(file)
+    campaign = _load(file, size_check=not no_size_check)
     out.print(
         f"ok: {campaign.name} — task {campaign.task.name} (vocab {campaign.task.vocab_size}), "
         f"{campaign.space.mode} space of {campaign.space.size()} gene combinations, "
-        f"{campaign.file.search.strategy} search, budget {campaign.file.search.budget}"
+        f"{campaign.file.search.strategy} search, budget {campaign.file.search.budget}",
+        highlight=False,
+    )
+    est = estimate_size(campaign)
+    memory = machine_memory_bytes()
+    of = f" of this machine's {format_bytes(memory)}" if memory else ""
+    out.print(
+        f"estimate for one evaluation of the largest design: {format_bytes(est.memory_bytes)} of memory{of}, "
+        f"{est.params:,} parameters, {est.train_flops:.3g} training FLOPs" + (" (not checked: --no-size-check)" if no_size_check else ""),
+        highlight=False,
     )
 
 

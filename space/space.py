@@ -36,6 +36,12 @@ from hybridnas.space.spec import (
 )
 
 Choice = Union[int, float, str, bool]
+#: Hard bounds on the model genes: far above what a proxy search trains, low enough that validation itself stays cheap.
+MAX_D_MODEL = 8192
+MAX_N_LAYERS = 256
+MAX_N_HEADS = 64
+MAX_CHOICES = 256  # choices per gene
+MAX_WINDOW = 1 << 20
 #: Genes every layer of a per-layer space picks for itself (parameters `layer{i}.mixer`, ...).
 LAYER_GENES: tuple[str, ...] = ("mixer", "gate", "short_conv")
 
@@ -43,6 +49,8 @@ LAYER_GENES: tuple[str, ...] = ("mixer", "gate", "short_conv")
 def _choices(name: str, values: list[Any], allowed: tuple[Any, ...] | None = None) -> list[Any]:
     if not values:
         raise ValueError("needs at least one choice")
+    if len(values) > MAX_CHOICES:
+        raise ValueError(f"got {len(values)} choices, at most {MAX_CHOICES} are allowed")
     if len(set(map(repr, values))) != len(values):
         raise ValueError(f"choices must be unique, got {values}")
     if allowed is not None:
@@ -56,7 +64,8 @@ def _choices(name: str, values: list[Any], allowed: tuple[Any, ...] | None = Non
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: `true` is not 1 and "3" is not 3; no inf or nan where a number is expected.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class _OptionChoices(_Strict):
@@ -89,6 +98,15 @@ class HybridChoices(_OptionChoices):
     @classmethod
     def _full_sc(cls, v: list[bool]) -> list[bool]:
         return _choices("full_short_conv", v)
+
+    @field_validator("ratio", mode="before")
+    @classmethod
+    def _ratio_items(cls, v: Any) -> Any:
+        # Before the union is tried, so a bad item gets one message instead of one per union member.
+        for r in v if isinstance(v, list) else ():
+            if r != ALL_LINEAR and (isinstance(r, bool) or not isinstance(r, int) or r < 0):
+                raise ValueError(f"{r!r} is not allowed; allowed: integers >= 0 or '{ALL_LINEAR}'")
+        return v
 
     @field_validator("ratio")
     @classmethod
@@ -141,7 +159,7 @@ class SpaceFile(_Strict):
     norm: list[str] = Field(default=["rmsnorm"])
     expand_k: list[float] = Field(default=[1.0])
     conv_size: int = 4
-    window: int = 64
+    window: int = Field(default=64, ge=1, le=MAX_WINDOW)
     feature_map: str = "identity"
     hybrid: HybridChoices | None = None
     layers: LayerChoices | None = None
@@ -149,9 +167,10 @@ class SpaceFile(_Strict):
     @field_validator("d_model", "n_layers", "n_heads")
     @classmethod
     def _positive_ints(cls, v: list[int], info: Any) -> list[int]:
+        hi = {"d_model": MAX_D_MODEL, "n_layers": MAX_N_LAYERS, "n_heads": MAX_N_HEADS}[info.field_name]
         for x in v:
-            if x < 1:
-                raise ValueError(f"{x} is not allowed; must be >= 1")
+            if not 1 <= x <= hi:
+                raise ValueError(f"{x} is not allowed; must be in [1, {hi}]")
         return _choices(info.field_name, v)
 
     @field_validator("mlp")

@@ -23,6 +23,17 @@ import torch
 from torch import nn
 
 
+#: Upper bounds of MeasureConfig's fields: beyond them a measurement only exhausts memory or time on the worker.
+MEASURE_LIMITS: dict[str, int] = {
+    "context_len": 1 << 20,
+    "batch_size": 1 << 16,
+    "prompt_len": 1 << 20,
+    "decode_tokens": 1 << 20,
+    "repeats": 1000,
+    "warmup": 1000,
+}
+
+
 @dataclass(frozen=True)
 class MeasureConfig:
     """What the worker measures after training (the `measure:` block of a request). Defaults suit a CPU."""
@@ -37,9 +48,11 @@ class MeasureConfig:
     def __post_init__(self) -> None:
         for f in fields(self):
             v = getattr(self, f.name)
-            lo = 0 if f.name == "warmup" else 1
+            lo, hi = (0 if f.name == "warmup" else 1), MEASURE_LIMITS[f.name]
             if not isinstance(v, int) or isinstance(v, bool) or v < lo:
                 raise ValueError(f"{f.name}: got {v!r}, must be an integer >= {lo}")
+            if v > hi:
+                raise ValueError(f"{f.name}: got {v!r}, must be an integer <= {hi}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MeasureConfig:
@@ -307,6 +320,7 @@ def peak_memory_bytes(device: torch.device) -> int | None:
 
 
 __all__ = [
+    "MEASURE_LIMITS",
     "MeasureConfig",
     "cpu_model",
     "cpu_peak_bytes",

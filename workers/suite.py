@@ -26,6 +26,7 @@ SUITE = "suite"  # the task name that selects a suite
 _KEY = re.compile(r"[A-Za-z0-9_-]+")  # member keys become metric prefixes: no dots, no spaces
 _SUITE_FIELDS = ("name", "members")
 _MEMBER_FIELDS = ("key", "weight")  # suite settings of a member; the rest configure its task
+MAX_MEMBERS = 64  # each member trains its own model per evaluation
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,8 @@ class TaskSuite:
         members = d.get("members")
         if not isinstance(members, list) or not members:
             raise TaskConfigError("task.members", f"got {members!r}, must be a non-empty list of tasks")
+        if len(members) > MAX_MEMBERS:
+            raise TaskConfigError("task.members", f"got {len(members)} tasks, at most {MAX_MEMBERS} are allowed")
         return cls(tuple(_member(i, m) for i, m in enumerate(members)))
 
     def to_dict(self) -> dict[str, Any]:
@@ -99,6 +102,8 @@ def _member(i: int, d: Any) -> SuiteMember:
     name = d.get("name")
     if name == SUITE:
         raise TaskConfigError(f"{where}.name", "a suite cannot contain a suite")
+    if not isinstance(name, str) or name not in TASKS:
+        raise TaskConfigError(f"{where}.name", f"got {name!r}, allowed: {', '.join(sorted(TASKS))}")
     task_config = {k: v for k, v in d.items() if k not in _MEMBER_FIELDS}
     try:
         task = make_task(task_config)
@@ -124,7 +129,7 @@ def build_task(config: dict[str, Any]) -> Task | TaskSuite:
     name = config.get("name")
     if name == SUITE:
         return TaskSuite.from_dict(config)
-    if name not in TASKS:
+    if not isinstance(name, str) or name not in TASKS:  # a list or mapping here is not hashable
         raise TaskConfigError("task.name", f"got {name!r}, allowed: {', '.join(sorted([*TASKS, SUITE]))}")
     return make_task(config)
 
@@ -136,4 +141,4 @@ def suite_members(task: Task | TaskSuite) -> tuple[SuiteMember, ...]:
     return (SuiteMember(key=task.name, task=task, weight=1.0),)
 
 
-__all__ = ["SUITE", "SuiteMember", "TaskSuite", "build_task", "suite_members"]
+__all__ = ["MAX_MEMBERS", "SUITE", "SuiteMember", "TaskSuite", "build_task", "suite_members"]

@@ -24,6 +24,12 @@ IGNORE_INDEX = -100
 
 _MAX_ROUNDS = 50  # sampling rounds before giving up on finding enough distinct examples
 
+# Hard bounds on task sizes, far above any proxy task: beyond them a typo (an extra three zeros)
+# would only fail, or exhaust memory, once workers start generating data.
+MAX_VOCAB = 1 << 20
+MAX_SEQ_LEN = 1 << 16
+MAX_EXAMPLES = 10_000_000  # num_train, num_test
+
 
 class TaskConfigError(ValueError):
     """A task config value outside its allowed range. `field` names the offending key."""
@@ -67,11 +73,14 @@ class Task(Protocol):
 Sampler = Callable[[np.random.Generator, int], tuple[np.ndarray, np.ndarray]]
 
 
-def check_int(field: str, value: Any, lo: int, hi: int | None = None) -> None:
-    """Raise TaskConfigError(field) unless `value` is an int (not a bool) in [lo, hi]."""
+def check_int(field: str, value: Any, lo: int, hi: int | None = None, limit: int | None = None) -> None:
+    """Raise TaskConfigError(field) unless `value` is an int (not a bool) in [lo, hi] and at most `limit`
+    (a hard bound such as MAX_SEQ_LEN, named on its own in the message)."""
     if not isinstance(value, int) or isinstance(value, bool) or value < lo or (hi is not None and value > hi):
         bound = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
         raise TaskConfigError(field, f"got {value!r}, must be an integer {bound}")
+    if limit is not None and value > limit:
+        raise TaskConfigError(field, f"got {value!r}, must be an integer <= {limit}")
 
 
 def check_bool(field: str, value: Any) -> None:
@@ -224,6 +233,9 @@ def make_task(config: dict[str, Any]) -> Task:
 
 __all__ = [
     "IGNORE_INDEX",
+    "MAX_EXAMPLES",
+    "MAX_SEQ_LEN",
+    "MAX_VOCAB",
     "MQAR_PRESETS",
     "TASKS",
     "ByteLMConfig",

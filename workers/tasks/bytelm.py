@@ -25,7 +25,15 @@ from typing import Any
 
 import numpy as np
 
-from hybridnas.workers.tasks import TaskConfigError, TaskData, check_int, config_from_dict, split_data
+from hybridnas.workers.tasks import (
+    MAX_EXAMPLES,
+    MAX_SEQ_LEN,
+    TaskConfigError,
+    TaskData,
+    check_int,
+    config_from_dict,
+    split_data,
+)
 
 #: sha256 of the pinned corpus: pydoc_data.topics of Python 3.11.7.
 CORPUS_SHA256 = "37d06970fc926e60c16dff401e441b84752446a36b6b64516c229fdec77e992c"
@@ -79,9 +87,9 @@ class ByteLMConfig:
         longest = min(self.split, CORPUS_BYTES - self.split) - 1
         if longest < 1:
             raise TaskConfigError("test_frac", f"got {f!r}, leaves a region of the corpus empty")
-        check_int("seq_len", self.seq_len, 1, longest)
-        check_int("num_train", self.num_train, 1)
-        check_int("num_test", self.num_test, 1)
+        check_int("seq_len", self.seq_len, 1, longest, limit=MAX_SEQ_LEN)
+        check_int("num_train", self.num_train, 1, limit=MAX_EXAMPLES)
+        check_int("num_test", self.num_test, 1, limit=MAX_EXAMPLES)
 
     @property
     def split(self) -> int:

@@ -63,6 +63,9 @@ import numpy as np
 
 from hybridnas.workers.tasks import (
     IGNORE_INDEX,
+    MAX_EXAMPLES,
+    MAX_SEQ_LEN,
+    MAX_VOCAB,
     TaskConfigError,
     TaskData,
     check_bool,
@@ -94,17 +97,17 @@ class RecallConfig:
     train_all_tokens: bool = True  # train on every next token, as MAD does; False: the scored positions only
 
     def __post_init__(self) -> None:
-        check_int("noise_vocab_size", self.noise_vocab_size, 0)
+        check_int("noise_vocab_size", self.noise_vocab_size, 0, limit=MAX_VOCAB - 4)
         # At least two keys and two values besides the noise tokens.
-        check_int("vocab_size", self.vocab_size, 4 + self.noise_vocab_size)
-        check_int("seq_len", self.seq_len, 4)
+        check_int("vocab_size", self.vocab_size, 4 + self.noise_vocab_size, limit=MAX_VOCAB)
+        check_int("seq_len", self.seq_len, 4, limit=MAX_SEQ_LEN)
         if self.seq_len % 2:
             raise TaskConfigError("seq_len", f"got {self.seq_len}, must be even (the sequence is key-value pairs)")
         object.__setattr__(self, "frac_noise", _check_frac("frac_noise", self.frac_noise))
         if self.frac_noise > 0 and self.noise_vocab_size == 0:
             raise TaskConfigError("noise_vocab_size", "got 0, must be >= 1 when frac_noise > 0")
-        check_int("num_train", self.num_train, 1)
-        check_int("num_test", self.num_test, 1)
+        check_int("num_train", self.num_train, 1, limit=MAX_EXAMPLES)
+        check_int("num_test", self.num_test, 1, limit=MAX_EXAMPLES)
         check_bool("train_all_tokens", self.train_all_tokens)
 
     @property
@@ -192,15 +195,15 @@ class FuzzyRecallConfig:
     train_all_tokens: bool = True  # train on every next token, as MAD does; False: the scored positions only
 
     def __post_init__(self) -> None:
-        check_int("k_motif_size", self.k_motif_size, 1)
-        check_int("v_motif_size", self.v_motif_size, 1)
+        check_int("k_motif_size", self.k_motif_size, 1, limit=MAX_SEQ_LEN // 4)
+        check_int("v_motif_size", self.v_motif_size, 1, limit=MAX_SEQ_LEN // 4)
         # A key needs k_motif_size distinct key tokens, a value v_motif_size distinct value tokens.
         lo = 1 + 2 * max(self.k_motif_size, self.v_motif_size)
-        check_int("vocab_size", self.vocab_size, max(lo, 5))
+        check_int("vocab_size", self.vocab_size, max(lo, 5), limit=MAX_VOCAB)
         # One pair of each longest size plus the final query fit in seq_len + 1 stream tokens.
-        check_int("seq_len", self.seq_len, 2 * (self.k_motif_size + self.v_motif_size) - 1)
-        check_int("num_train", self.num_train, 1)
-        check_int("num_test", self.num_test, 1)
+        check_int("seq_len", self.seq_len, 2 * (self.k_motif_size + self.v_motif_size) - 1, limit=MAX_SEQ_LEN)
+        check_int("num_train", self.num_train, 1, limit=MAX_EXAMPLES)
+        check_int("num_test", self.num_test, 1, limit=MAX_EXAMPLES)
         check_bool("train_all_tokens", self.train_all_tokens)
 
     @property
@@ -277,12 +280,12 @@ class SelectiveCopyingConfig:
     num_test: int = 256  # distinct test sequences, none in the training set (MAD 1,280)
 
     def __post_init__(self) -> None:
-        check_int("vocab_size", self.vocab_size, 3)
-        check_int("num_tokens_to_copy", self.num_tokens_to_copy, 1)
+        check_int("vocab_size", self.vocab_size, 3, limit=MAX_VOCAB)
+        check_int("num_tokens_to_copy", self.num_tokens_to_copy, 1, limit=(MAX_SEQ_LEN - 2) // 2)
         # Data, at least one blank among it, the copy token, then one output slot per data token.
-        check_int("seq_len", self.seq_len, 2 * self.num_tokens_to_copy + 2)
-        check_int("num_train", self.num_train, 1)
-        check_int("num_test", self.num_test, 1)
+        check_int("seq_len", self.seq_len, 2 * self.num_tokens_to_copy + 2, limit=MAX_SEQ_LEN)
+        check_int("num_train", self.num_train, 1, limit=MAX_EXAMPLES)
+        check_int("num_test", self.num_test, 1, limit=MAX_EXAMPLES)
 
     @property
     def blank(self) -> int:
@@ -330,10 +333,11 @@ class CompressionConfig:
     num_test: int = 256  # distinct test sequences, none in the training set (MAD 1,280)
 
     def __post_init__(self) -> None:
-        check_int("num_symbols", self.num_symbols, 2)
-        check_int("num_tokens", self.num_tokens, 1)
-        check_int("num_train", self.num_train, 1)
-        check_int("num_test", self.num_test, 1)
+        # vocab_size = num_symbols + 1 + num_tokens and seq_len = 2 * num_tokens + 1 stay within the task bounds.
+        check_int("num_tokens", self.num_tokens, 1, limit=(MAX_SEQ_LEN - 1) // 2)
+        check_int("num_symbols", self.num_symbols, 2, limit=MAX_VOCAB - 1 - self.num_tokens)
+        check_int("num_train", self.num_train, 1, limit=MAX_EXAMPLES)
+        check_int("num_test", self.num_test, 1, limit=MAX_EXAMPLES)
 
     @property
     def compress_token(self) -> int:
@@ -378,12 +382,12 @@ class MemorizationConfig:
     num_test: int = 256  # distinct test sequences, none in the training set (MAD 1,280)
 
     def __post_init__(self) -> None:
-        check_int("vocab_size", self.vocab_size, 3)
-        check_int("seq_len", self.seq_len, 2)
+        check_int("vocab_size", self.vocab_size, 3, limit=MAX_VOCAB)
+        check_int("seq_len", self.seq_len, 2, limit=MAX_SEQ_LEN)
         if self.seq_len % 2:
             raise TaskConfigError("seq_len", f"got {self.seq_len}, must be even (the sequence is key-insert pairs)")
-        check_int("num_train", self.num_train, 1)
-        check_int("num_test", self.num_test, 1)
+        check_int("num_train", self.num_train, 1, limit=MAX_EXAMPLES)
+        check_int("num_test", self.num_test, 1, limit=MAX_EXAMPLES)
 
     @property
     def insert(self) -> int:

@@ -26,7 +26,17 @@ from typing import Any
 
 import numpy as np
 
-from hybridnas.workers.tasks import IGNORE_INDEX, TaskConfigError, TaskData, check_int, config_from_dict, split_data
+from hybridnas.workers.tasks import (
+    IGNORE_INDEX,
+    MAX_EXAMPLES,
+    MAX_SEQ_LEN,
+    MAX_VOCAB,
+    TaskConfigError,
+    TaskData,
+    check_int,
+    config_from_dict,
+    split_data,
+)
 
 PAD = 0  # the filler token between queries
 _SORT_POOL_MAX = 256  # pools up to this size draw subsets by sorting random keys; larger ones shuffle partially
@@ -83,13 +93,13 @@ class MQARConfig:
         for name, value in base.items():
             if getattr(self, name) is None:
                 object.__setattr__(self, name, value)
-        check_int("num_kv_pairs", self.num_kv_pairs, 1)
+        check_int("num_kv_pairs", self.num_kv_pairs, 1, limit=MAX_SEQ_LEN // 4)
         # Key and value pools of at least 2*num_kv_pairs each, so a sequence never uses every key.
-        check_int("vocab_size", self.vocab_size, 4 * self.num_kv_pairs + 1)
+        check_int("vocab_size", self.vocab_size, 4 * self.num_kv_pairs + 1, limit=MAX_VOCAB)
         # Context (2 per pair) plus one query slot per pair, queries two tokens apart.
-        check_int("seq_len", self.seq_len, 4 * self.num_kv_pairs)
-        check_int("num_train", self.num_train, 1)
-        check_int("num_test", self.num_test, 1)
+        check_int("seq_len", self.seq_len, 4 * self.num_kv_pairs, limit=MAX_SEQ_LEN)
+        check_int("num_train", self.num_train, 1, limit=MAX_EXAMPLES)
+        check_int("num_test", self.num_test, 1, limit=MAX_EXAMPLES)
         a = self.power_a
         if not isinstance(a, (int, float)) or isinstance(a, bool) or not 0 < a <= 1:
             raise TaskConfigError("power_a", f"got {a!r}, must be a number in (0, 1]")
