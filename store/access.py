@@ -87,10 +87,14 @@ def check_sqlite_path(path: Path, display: str, *, must_exist: bool) -> bool:
             if not parent.is_dir():
                 raise StoreOpenError(f"{display}: {parent} is a file, not a folder, so {path.name} cannot be in it")
             break
-    if not _exists(path):
+    try:
+        path.stat()
+    except FileNotFoundError:
         if must_exist:
-            raise StoreNotFound(f"no hybridnas store at {display} (file {path} does not exist)")
+            raise StoreNotFound(f"no hybridnas store at {display} (file {path} does not exist)") from None
         return False
+    except PermissionError:
+        raise StoreOpenError(f"{display}: cannot reach {path}: permission denied on a folder on the way") from None
     if path.is_dir():
         raise StoreOpenError(f"{display}: {path} is a folder, not a SQLite file")
     try:
