@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from hybridnas.search.campaign import Campaign, load_campaign, parse_campaign
+from hybridnas.search.campaign import Campaign, check_size, load_campaign, parse_campaign
 from hybridnas.search.controller import Controller, Event, RunSummary
 from hybridnas.search.scheduler import Scheduler
 from hybridnas.search.strategies import Strategy
@@ -30,14 +30,20 @@ from hybridnas.workers import Executor, make_executor
 __all__ = ["CampaignRun", "executor_for", "open_campaign", "run_campaign"]
 
 
-def _as_campaign(config: str | os.PathLike[str] | Mapping[str, Any] | Campaign, name: str | None) -> Campaign:
-    if isinstance(config, Campaign):
-        return config if name is None else parse_campaign(config.config(), name=name)
-    if isinstance(config, Mapping):
-        return parse_campaign(dict(config), "(dict)", name=name)
+def _as_campaign(
+    config: str | os.PathLike[str] | Mapping[str, Any] | Campaign, name: str | None, size_check: bool
+) -> Campaign:
     if isinstance(config, (str, os.PathLike)):
-        return load_campaign(config, name=name)
-    raise TypeError(f"config_or_path: got {type(config).__name__}, expected a path, a dict or a Campaign")
+        return load_campaign(config, size_check=size_check, name=name)
+    if isinstance(config, Campaign):
+        campaign = config if name is None else parse_campaign(config.config(), name=name)
+    elif isinstance(config, Mapping):
+        campaign = parse_campaign(dict(config), "(dict)", name=name)
+    else:
+        raise TypeError(f"config_or_path: got {type(config).__name__}, expected a path, a dict or a Campaign")
+    if size_check:
+        check_size(campaign)
+    return campaign
 
 
 def _as_store(store: Store | str | None) -> tuple[Store, bool]:
@@ -151,6 +157,7 @@ def run_campaign(
     name: str | None = None,
     resume: bool = False,
     on_event: Callable[[Event], None] | None = None,
+    size_check: bool = True,
 ) -> CampaignRun:
     """Validate a campaign (a YAML path, a dict as in the file, or a `Campaign`), create it in `store`
     (a `Store`, a URL, or None for the default `sqlite:///hybridnas.db`) and run it to its budget.
@@ -158,9 +165,11 @@ def run_campaign(
     `executor` is an `Executor`, a kind ("ray", "inprocess", "replay") or None for the file's.
     `strategy` (an instance or a `Strategy` subclass, built with the campaign's space, seed and
     objective directions) and `scheduler` replace what the file names. A campaign of the same name
-    already in the store is an error unless `resume`, which continues it. Returns a `CampaignRun`.
+    already in the store is an error unless `resume`, which continues it. `size_check` refuses a
+    campaign whose evaluation would not fit this machine's memory (as the CLI's --no-size-check
+    turns off). Returns a `CampaignRun`.
     """
-    campaign = _as_campaign(config_or_path, name)
+    campaign = _as_campaign(config_or_path, name, size_check)
     st, owns_store = _as_store(store)
     try:
         if st.campaign_exists(campaign.name):

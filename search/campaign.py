@@ -26,6 +26,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from hybridnas.space import SearchSpace, SpaceFile, format_validation_error
+from hybridnas.space.yamlfile import YAMLFileError, read_yaml
 from hybridnas.workers.hardware import MEASURE_LIMITS
 from hybridnas.workers.trainer import TrainConfig
 
@@ -36,8 +37,6 @@ MAX_BUDGET = 1_000_000  # search.budget, population, tournament, n_startup, reev
 MAX_WORKERS = 4096  # execution.workers, cpus_per_worker
 MAX_SEED = 2**32 - 1
 #: training.<field> -> its largest value (TrainConfig bounds them from below).
-TRAIN_LIMITS: dict[str, int] = {"steps": 10_000_000, "batch_size": 1 << 16, "eval_batch_size": 1 << 16, "eval_every": 10_000_000}
-MAX_LRS = 32  # learning rates in one sweep: each trains its own model per evaluation
 
 
 class CampaignFileError(ValueError):
@@ -180,17 +179,6 @@ class CampaignFile(_Strict):
             data["objectives"] = [data.pop("objective")]
         return data
 
-    @field_validator("training")
-    @classmethod
-    def _training_bounds(cls, v: TrainConfig) -> TrainConfig:
-        # TrainConfig bounds its fields from below; a campaign also bounds them from above.
-        for name, hi in TRAIN_LIMITS.items():
-            if getattr(v, name) > hi:
-                raise ValueError(f"{name}: got {getattr(v, name)!r}, must be an integer <= {hi}")
-        if len(v.lrs) > MAX_LRS:
-            raise ValueError(f"lr: got {len(v.lrs)} learning rates, at most {MAX_LRS} are allowed")
-        return v
-
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
@@ -260,157 +248,13 @@ def parse_campaign(data: Any, source: str = "", **overrides: Any) -> Campaign:
 
 # --- reading the file ----------------------------------------------------------------------------
 
-MAX_FILE_BYTES = 1 << 20  # a campaign file is a few KB; a larger one is a mistake (or an attack)
-MAX_YAML_DEPTH = 64  # nesting of mappings and lists, aliases expanded
-MAX_YAML_NODES = 100_000  # values in the document once every alias is expanded (bounds "billion laughs")
-
-_BOMS = (  # longest first: the UTF-32 LE mark starts with the UTF-16 LE one
-    (b"\xff\xfe\x00\x00", "UTF-32"),
-    (b"\x00\x00\xfe\xff", "UTF-32"),
-    (b"\xff\xfe", "UTF-16"),
-    (b"\xfe\xff", "UTF-16"),
-)
-
-
-def _decode(raw: bytes, path: Path) -> str:
-    """The text of a UTF-8 file (a leading byte-order mark allowed); CampaignFileError for any other encoding."""
-
-    def refuse(why: str) -> CampaignFileError:
-        return CampaignFileError([f"file: {path} is not UTF-8 text ({why}); save it as UTF-8"], str(path))
-
-    for bom, encoding in _BOMS:
-        if raw.startswith(bom):
-            raise refuse(f"it starts with a {encoding} byte-order mark")
-    if b"\x00" in raw:
-        line = raw[: raw.index(b"\x00")].count(b"\n") + 1
-        raise refuse(f"it has a NUL byte on line {line}, as UTF-16 or UTF-32 text does")
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise refuse(f"byte 0x{raw[e.start]:02x} on line {line} is not valid UTF-8") from None
-
-
-class _YAMLRefused(Exception):
-    """The document is well-formed YAML that a campaign file must not contain; `problem` is its one line."""
-
-    def __init__(self, problem: str) -> None:
-        super().__init__(problem)
-        self.problem = problem
-
-
-class _CampaignLoader(yaml.SafeLoader):
-    """SafeLoader that bounds nesting while it composes (the composer recurses once per level)."""
-
-    def __init__(self, stream: str) -> None:
-        super().__init__(stream)
-        self._depth = 0
-
-    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
-        self._depth += 1
-        try:
-            if self._depth > MAX_YAML_DEPTH:
-                line = self.peek_event().start_mark.line + 1
-                raise _YAMLRefused(f"yaml: line {line}: nested deeper than {MAX_YAML_DEPTH} levels")
-            return super().compose_node(parent, index)
-        finally:
-            self._depth -= 1
-
-
-_MERGE_TAG = "tag:yaml.org,2002:merge"
-
-
-def _check_tree(loader: _CampaignLoader, root: yaml.Node) -> None:
-    """Refuse, naming the key path and line: duplicate keys, keys that are not names, tags without a
-    safe constructor, and nesting or alias expansion past the bounds. Aliases are followed, so what
-    they expand to counts in full; the walk stops at the first problem, so a bomb costs little."""
-    left = [MAX_YAML_NODES]
-
-    def walk(node: yaml.Node, path: str, depth: int) -> None:
-        steps = re.findall(r"[^.\[]+|\[\d+\]", path)  # an alias bomb's path is long: name where it starts
-        short = path if len(steps) <= 4 else re.sub(r"\.\[", "[", ".".join(steps[:4])) + "..."
-        where = f"{short or 'yaml'}: line {node.start_mark.line + 1}"
-        left[0] -= 1
-        if left[0] < 0:
-            raise _YAMLRefused(f"{where}: the document expands to more than {MAX_YAML_NODES} values (aliases repeated?)")
-        if depth > MAX_YAML_DEPTH:
-            raise _YAMLRefused(f"{where}: nested deeper than {MAX_YAML_DEPTH} levels (aliases expanded)")
-        if node.tag not in loader.yaml_constructors and node.tag != _MERGE_TAG:
-            raise _YAMLRefused(f"{where}: tag {node.tag!r} is not allowed (plain values, lists and mappings only)")
-        if isinstance(node, yaml.SequenceNode):
-            for i, item in enumerate(node.value):
-                walk(item, f"{path}[{i}]", depth + 1)
-        elif isinstance(node, yaml.MappingNode):
-            first: dict[Any, int] = {}
-            for key_node, value_node in node.value:
-                if key_node.tag == _MERGE_TAG:  # `<<: *defaults`: keys given here override the merged ones
-                    walk(value_node, path, depth + 1)
-                    continue
-                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag not in loader.yaml_constructors:
-                    raise _YAMLRefused(f"{path or 'yaml'}: line {key_node.start_mark.line + 1}: a key must be a plain name")
-                key = loader.construct_object(key_node)
-                line = key_node.start_mark.line + 1
-                if not isinstance(key, str):
-                    raise _YAMLRefused(
-                        f"{path or 'yaml'}: line {line}: key {key_node.value!r} reads as {key!r}, not a name; quote it"
-                    )
-                child = f"{path}.{key}" if path else key
-                if key in first:
-                    raise _YAMLRefused(f"{child}: duplicate key on line {line} (first given on line {first[key]})")
-                first[key] = line
-                walk(value_node, child, depth + 1)
-
-    walk(root, "", 1)
-
-
-def _yaml_problem(e: yaml.YAMLError, text: str) -> str:
-    """One line for a YAML syntax error: where, then what."""
-    if isinstance(e, yaml.reader.ReaderError):
-        line = text[: e.position].count("\n") + 1
-        char = f"U+{e.character:04X}" if isinstance(e.character, int) else repr(e.character)
-        return f"yaml: line {line}: character {char} is not allowed in YAML ({e.reason})"
-    if isinstance(e, yaml.MarkedYAMLError):
-        mark = e.problem_mark or e.context_mark
-        what = "; ".join(str(x) for x in (e.context, e.problem) if x)
-        if mark is not None:
-            return f"yaml: line {mark.line + 1}, column {mark.column + 1}: {what}"
-        return f"yaml: {what}"
-    return f"yaml: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
-
-
 def read_campaign_yaml(path: str | Path) -> Any:
     """The parsed document of a campaign file; CampaignFileError (naming the file, key or line) for a
     file that is missing, not UTF-8, not YAML, or YAML that a campaign must not contain."""
-    p = Path(path)
-    if not p.exists():
-        raise CampaignFileError([f"file: {p} does not exist"], str(p))
-    if not p.is_file():
-        raise CampaignFileError([f"file: {p} is not a regular file"], str(p))
     try:
-        size = p.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise CampaignFileError([f"file: {p} has {size} bytes, more than the {MAX_FILE_BYTES} a campaign file may have"], str(p))
-        raw = p.read_bytes()
-    except OSError as e:
-        raise CampaignFileError([f"file: cannot read {p}: {e.strerror or e}"], str(p)) from None
-    text = _decode(raw, p)
-    loader: _CampaignLoader | None = None
-    try:
-        loader = _CampaignLoader(text)  # its reader refuses control characters at once
-        root = loader.get_single_node()
-        if root is None:
-            raise CampaignFileError([f"file: {p} is empty; a campaign needs at least `name:`"], str(p))
-        _check_tree(loader, root)
-        return loader.construct_document(root)
-    except _YAMLRefused as e:
-        raise CampaignFileError([e.problem], str(p)) from None
-    except yaml.YAMLError as e:
-        raise CampaignFileError([_yaml_problem(e, text)], str(p)) from None
-    except RecursionError:  # the nesting bound should come first; never a traceback either way
-        raise CampaignFileError([f"yaml: nested deeper than {MAX_YAML_DEPTH} levels"], str(p)) from None
-    finally:
-        if loader is not None:
-            loader.dispose()
+        return read_yaml(path, what="a campaign file", first_key="name")
+    except YAMLFileError as e:
+        raise CampaignFileError([e.problem], str(path)) from None
 
 
 def load_campaign(path: str | Path, size_check: bool = True, **overrides: Any) -> Campaign:

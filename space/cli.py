@@ -5,12 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-import yaml
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 
 from hybridnas.space.errors import format_validation_error
 from hybridnas.space.space import SpaceFile
+from hybridnas.space.yamlfile import YAMLFileError, read_yaml
 
 space_app = typer.Typer(help="Search spaces: validate them before a campaign uses them.", no_args_is_help=True)
 
@@ -22,13 +23,10 @@ def validate(
 ) -> None:
     """Check every gene's choices; print the space's mode and size. Exit code 2 on any problem."""
     err = Console(stderr=True)
-    if not file.is_file():
-        err.print(f"[bold red]error:[/] file: {file} does not exist")
-        raise typer.Exit(2)
     try:
-        data = yaml.safe_load(file.read_text())
-    except yaml.YAMLError as e:
-        err.print(f"[bold red]error:[/] yaml: {e}")
+        data = read_yaml(file, what="a space file")
+    except YAMLFileError as e:
+        err.print(f"[bold red]error:[/] {escape(e.problem)}", highlight=False)
         raise typer.Exit(2)
     prefix = ""
     if isinstance(data, dict) and "space" in data:

@@ -28,6 +28,10 @@ from hybridnas.workers.tasks import IGNORE_INDEX, TaskData
 
 _CHECK_EVERY = 16  # steps between host syncs that look for a non-finite loss (one sync per step is slow on GPU)
 
+#: Upper bounds of the integer settings: beyond them a campaign would only exhaust memory or time.
+LIMITS: dict[str, int] = {"steps": 10_000_000, "batch_size": 1 << 16, "eval_batch_size": 1 << 16, "eval_every": 10_000_000}
+MAX_LRS = 32  # learning rates in one sweep: each trains its own model per evaluation
+
 # Strict for the campaign file's validation (pydantic): `steps: true` or `"3"` is an error, not 1 or 3.
 Int = Annotated[int, Strict()]
 Float = Annotated[float, Strict()]
@@ -92,11 +96,13 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA (fp32 kernel states), fp32 on CPU
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "eval_every", "eval_batch_size"):
-            _check_number(name, getattr(self, name), 1, integer=True)
+        for name, hi in LIMITS.items():
+            _check_number(name, getattr(self, name), 1, hi, integer=True)
         lrs = self.lr if isinstance(self.lr, (tuple, list)) else (self.lr,)
         if not lrs:
             raise ValueError("lr: got an empty list, give at least one learning rate")
+        if len(lrs) > MAX_LRS:
+            raise ValueError(f"lr: got {len(lrs)} learning rates, at most {MAX_LRS} are allowed")
         for v in lrs:
             _check_number("lr", v, 0.0, lo_ok=False)
         if len(set(lrs)) != len(lrs):

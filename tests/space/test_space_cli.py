@@ -53,3 +53,18 @@ def test_mixers_lists_the_registry() -> None:
     table = CliRunner().invoke(app, ["space", "mixers"])
     assert table.exit_code == 0 and "Kimi Delta Attention" in table.output
     assert CliRunner().invoke(app, ["space", "mixers", "--format", "xml"]).exit_code == 2
+
+
+def test_validate_reads_space_files_as_safely_as_campaign_files(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from hybridnas.cli import app
+
+    dup = tmp_path / "dup.yaml"
+    dup.write_text("d_model: [64]\nd_model: [32]\n")
+    result = CliRunner().invoke(app, ["space", "validate", str(dup)])
+    assert result.exit_code == 2 and "d_model: duplicate key on line 2" in " ".join(result.output.split())
+    utf16 = tmp_path / "utf16.yaml"
+    utf16.write_bytes("d_model: [64]\n".encode("utf-16"))
+    result = CliRunner().invoke(app, ["space", "validate", str(utf16)])
+    assert result.exit_code == 2 and "is not UTF-8 text" in " ".join(result.output.split())
