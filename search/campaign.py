@@ -100,10 +100,17 @@ class ExecutionSection(_Strict):
     workers: int = Field(default=2, ge=1, le=MAX_WORKERS)  # evaluations in flight at once
     address: str | None = None  # join an existing Ray cluster instead of starting one
     cpus_per_worker: int = Field(default=1, ge=1, le=MAX_WORKERS)  # torch threads per worker
-    gpus_per_worker: float = Field(default=0, ge=0, le=1024)  # GPUs requested per worker
+    gpus_per_worker: float = Field(default=0, ge=0, le=1024)  # GPUs per worker: a fraction packs several on one (0.25: four)
     timeout_s: float | None = Field(default=900, gt=0)  # per-evaluation limit; exceeded -> failed
     max_retries: int = Field(default=2, ge=0, le=100)  # ray: re-runs of an evaluation whose worker process died
     replay_table: str | None = None  # replay: a tabular benchmark (benchmarks/hybridbench) answering evaluations
+
+    @field_validator("gpus_per_worker")
+    @classmethod
+    def _gpus(cls, v: float) -> float:
+        from hybridnas.workers.executor import check_gpus_per_worker
+
+        return check_gpus_per_worker(v)
 
     @model_validator(mode="after")
     def _replay_needs_table(self) -> ExecutionSection:

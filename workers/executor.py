@@ -9,6 +9,7 @@ submitted and calls `wait` for whatever has finished.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import socket
@@ -392,8 +393,19 @@ def _check_counts(workers: Any, cpus_per_worker: Any, gpus_per_worker: Any) -> N
     for name, v in (("workers", workers), ("cpus_per_worker", cpus_per_worker)):
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise ValueError(f"{name}: got {v!r}, must be an integer >= 1")
-    if not isinstance(gpus_per_worker, (int, float)) or isinstance(gpus_per_worker, bool) or gpus_per_worker < 0:
-        raise ValueError(f"gpus_per_worker: got {gpus_per_worker!r}, must be a number >= 0")
+    check_gpus_per_worker(gpus_per_worker)
+
+
+def check_gpus_per_worker(value: Any) -> float:
+    """A fraction in [0, 1] packs several workers on one GPU (0.25: four); above 1, whole GPUs only,
+    as Ray schedules them. ValueError naming the field otherwise."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+    if not ok or (value > 1 and value != int(value)):
+        raise ValueError(
+            f"gpus_per_worker: got {value!r}, must be a fraction in [0, 1] (0.25 packs four workers on a GPU) "
+            "or a whole number of GPUs"
+        )
+    return float(value)
 
 
 def _check_max_retries(max_retries: Any) -> None:

@@ -240,3 +240,20 @@ def test_make_executor_validates_its_arguments() -> None:
     with pytest.raises(ValueError, match=r"^address: "):
         make_executor("inprocess", workers=1, address="ray://head:10001")
     assert isinstance(make_executor("in-process", workers=1), InProcessExecutor)
+
+
+@pytest.mark.parametrize(("value", "ok"), [(0, True), (0.25, True), (0.5, True), (1, True), (2, True), (1.5, False), (-0.1, False), (True, False), (float("nan"), False)])
+def test_gpus_per_worker_packs_fractions_or_takes_whole_gpus(value: object, ok: bool) -> None:
+    from hybridnas.search import parse_campaign
+    from hybridnas.search.campaign import CampaignFileError
+    from hybridnas.workers.executor import check_gpus_per_worker
+
+    config = {"name": "gpus", "execution": {"executor": "ray", "gpus_per_worker": value}}
+    if ok:
+        assert check_gpus_per_worker(value) == float(value)
+        assert parse_campaign(config).file.execution.gpus_per_worker == float(value)
+    else:
+        with pytest.raises(ValueError, match="gpus_per_worker"):
+            check_gpus_per_worker(value)
+        with pytest.raises(CampaignFileError, match="execution.gpus_per_worker"):
+            parse_campaign(config)
