@@ -59,6 +59,7 @@ PROTOCOL = {
     "eval_every": 50,
 }
 MODEL = {"d_model": [64], "n_heads": [2], "mlp": ["swiglu"]}
+FAST_LR = [3e-3]
 
 
 @dataclass(frozen=True)
@@ -102,13 +103,15 @@ class Check:
     fast: bool = False  # part of the CI subset
 
 
-def _campaign(name: str, task: dict[str, Any], space: dict[str, Any], steps: int, seeds: int, designs: int) -> dict[str, Any]:
+def _campaign(
+    name: str, task: dict[str, Any], space: dict[str, Any], steps: int, seeds: int, designs: int, lrs: list[float]
+) -> dict[str, Any]:
     return {
         "name": name,
         "seed": 0,
         "task": task,
         "space": {**MODEL, **space},
-        "training": {**PROTOCOL, "steps": steps},
+        "training": {**PROTOCOL, "lr": lrs, "steps": steps},
         "search": {"strategy": "grid", "budget": designs, **({"reevaluate": {"top_k": designs, "seeds": seeds - 1}} if seeds > 1 else {})},
         "execution": {"executor": "ray", "workers": 2, "timeout_s": 3600},
         "hardware": {"context_len": 64, "repeats": 1, "decode_tokens": 4},
@@ -132,25 +135,129 @@ def _lines(results: Results, keys: list[tuple[str, str]]) -> str:
 # --- the checks -----------------------------------------------------------------------------------
 
 
-def attention_solves_mqar(seeds: int) -> Check:
+def attention_solves_mqar(seeds: int, lrs: list[float]) -> Check:
     space = {"n_layers": [2], "hybrid": {"ratio": [0], "full_short_conv": [False]}}
+    key = ("mqar8", "attention:AA")
 
     def verdict(r: Results) -> Verdict:
-        f = r.get(("mqar8", "attention:AA"), Figure(()))
-        return Verdict(bool(f.values) and min(f.values) >= 0.99, _lines(r, [("mqar8", "attention:AA")]))
+        f = r.get(key, Figure(()))
+        return Verdict(bool(f.values) and min(f.values) >= 0.99, _lines(r, [key]))
 
     return Check(
         "attention_solves_mqar",
         "Zoology: two layers of softmax attention solve multi-query associative recall",
         "2-layer attention (no short conv), 8-pair MQAR: test accuracy >= 0.99 on every seed",
-        (("mqar8", _campaign("attention_solves_mqar", MQAR8, space, 1500, seeds, 1)),),
+        (("mqar8", _campaign("attention_solves_mqar", MQAR8, space, 2000, seeds, 1, lrs)),),
         verdict,
         fast=True,
     )
 
 
-CHECKS: dict[str, Callable[[int], Check]] = {
+#: Fixed state (2 layers, d_model 64, 2 heads: a 32 x 32 state per head), more and more pairs to recall.
+PAIRS = (4, 8, 16)
+PAIR_MIXERS = ("linear_attn", "deltanet", "gated_deltanet")
+
+
+def _pairs_campaigns(seeds: int, lrs: list[float]) -> tuple[tuple[str, dict[str, Any]], ...]:
+    space = {"n_layers": [2], "hybrid": {"ratio": ["all_linear"], "linear_mixer": list(PAIR_MIXERS), "short_conv": [True]}}
+    out = []
+    for n in PAIRS:
+        task = {"name": "mqar", "vocab_size": 128, "seq_len": 64, "num_kv_pairs": n, "num_train": 6000, "num_test": 500}
+        out.append((f"pairs{n}", _campaign(f"mqar-pairs{n}", task, space, 600, seeds, len(PAIR_MIXERS), lrs)))
+    return tuple(out)
+
+
+def gated_delta_ge_delta(seeds: int, lrs: list[float]) -> Check:
+    keys = [(f"pairs{n}", f"{m}:LL") for n in PAIRS for m in ("deltanet", "gated_deltanet")]
+
+    def verdict(r: Results) -> Verdict:
+        ok = all(_ge(r[(f"pairs{n}", "gated_deltanet:LL")], r[(f"pairs{n}", "deltanet:LL")]) for n in PAIRS)
+        return Verdict(ok, _lines(r, keys))
+
+    return Check(
+        "gated_delta_ge_delta",
+        "Gated DeltaNet: the gated delta rule is at least as good as the delta rule",
+        "2-layer pure stacks with short conv on MQAR with 4, 8, 16 pairs: mean(gated) >= mean(delta) - spread at each",
+        _pairs_campaigns(seeds, lrs),
+        verdict,
+    )
+
+
+def state_size_effect(seeds: int, lrs: list[float]) -> Check:
+    keys = [(f"pairs{n}", f"{m}:LL") for m in ("linear_attn", "deltanet") for n in PAIRS]
+
+    def verdict(r: Results) -> Verdict:
+        lin = [r[(f"pairs{n}", "linear_attn:LL")] for n in PAIRS]
+        delta = [r[(f"pairs{n}", "deltanet:LL")] for n in PAIRS]
+        lin_drop, delta_drop = lin[0].mean - lin[-1].mean, delta[0].mean - delta[-1].mean
+        spread = lin[0].std + lin[-1].std + delta[0].std + delta[-1].std
+        ok = lin_drop > 0 and lin_drop - delta_drop > spread
+        drops = f"drop from {PAIRS[0]} to {PAIRS[-1]} pairs: linear attention {lin_drop:.3f}, delta rule {delta_drop:.3f} (spread {spread:.3f})"
+        return Verdict(ok, _lines(r, keys) + "\n" + drops)
+
+    return Check(
+        "state_size_effect",
+        "Zoology, DeltaNet: at a fixed state size recall falls as pairs grow, the delta rule more slowly than linear attention",
+        "linear attention loses more accuracy from 4 to 16 pairs than the delta rule, by more than the spread",
+        _pairs_campaigns(seeds, lrs),
+        verdict,
+    )
+
+
+#: Sparsest to densest attention in a 4-layer stack (linear mixer: linear attention).
+DENSITY = (("all_linear", "LLLL"), (3, "LLLA"), (1, "LALA"), (0, "AAAA"))
+
+
+def denser_attention(seeds: int, lrs: list[float]) -> Check:
+    task = {"name": "mqar", "vocab_size": 128, "seq_len": 64, "num_kv_pairs": 16, "num_train": 6000, "num_test": 500}
+    space = {
+        "n_layers": [4],
+        "hybrid": {"ratio": [r for r, _ in DENSITY], "linear_mixer": ["linear_attn"], "short_conv": [True], "full_short_conv": [True]},
+    }
+    keys = [("mqar16", f"{'linear_attn' if 'L' in p else 'attention'}:{p}") for _, p in DENSITY]
+
+    def verdict(r: Results) -> Verdict:
+        figs = [r[k] for k in keys]
+        no_step_down = all(_ge(b, a) for a, b in zip(figs, figs[1:]))
+        return Verdict(no_step_down and _gt(figs[-1], figs[0]), _lines(r, keys))
+
+    return Check(
+        "denser_attention",
+        "Hybrid-ratio studies (Systematic Analysis of Hybrid Linear Attention; Jamba; Samba): denser attention recalls better",
+        "4 layers, linear attention + softmax attention, 16-pair MQAR: pure linear <= 3:1 <= 1:1 <= all attention (within the spread), all attention above pure linear",
+        (("mqar16", _campaign("denser-attention", task, space, 600, seeds, len(DENSITY), lrs)),),
+        verdict,
+    )
+
+
+MAD_MIXERS = ("linear_attn", "gla", "mamba2")
+
+
+def mad_recall_hybrids(seeds: int, lrs: list[float]) -> Check:
+    space = {
+        "n_layers": [4],
+        "hybrid": {"ratio": ["all_linear", 3], "linear_mixer": list(MAD_MIXERS), "short_conv": [True], "full_short_conv": [True]},
+    }
+    keys = [("icr", f"{m}:{p}") for m in MAD_MIXERS for p in ("LLLL", "LLLA")]
+
+    def verdict(r: Results) -> Verdict:
+        return Verdict(all(_ge(r[("icr", f"{m}:LLLA")], r[("icr", f"{m}:LLLL")]) for m in MAD_MIXERS), _lines(r, keys))
+
+    return Check(
+        "mad_recall_hybrids",
+        "MAD and the hybrid studies: on in-context recall a hybrid is at least as good as the pure linear stack",
+        "MAD in-context recall, 4 layers: for linear attention, GLA and Mamba-2, LLLA >= LLLL within the spread",
+        (("icr", _campaign("mad-icr", {"name": "in_context_recall"}, space, 600, seeds, 2 * len(MAD_MIXERS), lrs)),),
+        verdict,
+    )
+
+
+CHECKS: dict[str, Callable[[int, list[float]], Check]] = {
     "attention_solves_mqar": attention_solves_mqar,
+    "gated_delta_ge_delta": gated_delta_ge_delta,
+    "state_size_effect": state_size_effect,
+    "denser_attention": denser_attention,
+    "mad_recall_hybrids": mad_recall_hybrids,
 }
 
 
@@ -164,15 +271,15 @@ def _design_key(spec: Any) -> str:
 
 
 def run_check(check: Check, store_dir: Path, executor: str | None) -> tuple[Results, float]:
-    """Run the check's campaigns; (its results, wall seconds)."""
+    """Run the check's campaigns (one already run, by this check or another, is read back); (its
+    results, wall seconds)."""
     import hybridnas
 
     results: Results = {}
     t0 = time.perf_counter()
     for tag, config in check.campaigns:
-        name = f"{check.key}-{tag}"
+        name = config["name"]
         url = f"sqlite:///{store_dir / (name + '.db')}"
-        config = {**config, "name": name}
         with hybridnas.run_campaign(config, store=url, executor=executor, resume=True) as run:
             per_design: dict[str, dict[int, float]] = {}
             for e in run.store.evaluations(run.id):
@@ -212,11 +319,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=SEEDS, help=f"seeds per design [{SEEDS}]")
     ap.add_argument("--executor", choices=("ray", "inprocess"), default=None, help="default: ray with 2 workers")
     ap.add_argument("--store-dir", type=Path, default=None, help="keep the campaigns' stores here [a temp dir]")
-    ap.add_argument("--fast", action="store_true", help="init parity and the fast checks, with one seed")
+    ap.add_argument("--fast", action="store_true", help="init parity and the fast checks, one seed, one learning rate")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = ap.parse_args(argv)
     seeds = 1 if args.fast else args.seeds
-    names = [k for k, make in CHECKS.items() if make(1).fast] if args.fast else (args.checks or list(CHECKS))
+    # The fast subset trains at the one rate the full sweep keeps for it, to stay near a minute.
+    lrs = FAST_LR if args.fast else PROTOCOL["lr"]
+    names = [k for k, make in CHECKS.items() if make(1, lrs).fast] if args.fast else (args.checks or list(CHECKS))
     store_dir = args.store_dir or Path(tempfile.mkdtemp(prefix="known-results-"))
     store_dir.mkdir(parents=True, exist_ok=True)
     import torch
@@ -231,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"verdict: {'agrees' if parity.agrees else 'DISAGREES'}")
     report.append({"check": "init_parity", "agrees": parity.agrees, "measured": parity.measured})
     for name in names:
-        check = CHECKS[name](seeds)
+        check = CHECKS[name](seeds, lrs)
         results, seconds = run_check(check, store_dir, args.executor)
         v = check.verdict(results)
         print(f"\n## {check.key}\nclaim: {check.claim}\nexpected: {check.expected}\n{v.measured}")
