@@ -230,7 +230,7 @@ def denser_attention(seeds: int, lrs: list[float]) -> Check:
     )
 
 
-MAD_MIXERS = ("linear_attn", "gla", "mamba2")
+MAD_MIXERS = ("linear_attn", "mamba2")
 
 
 def mad_recall_hybrids(seeds: int, lrs: list[float]) -> Check:
@@ -246,7 +246,7 @@ def mad_recall_hybrids(seeds: int, lrs: list[float]) -> Check:
     return Check(
         "mad_recall_hybrids",
         "MAD and the hybrid studies: on in-context recall a hybrid is at least as good as the pure linear stack",
-        "MAD in-context recall, 4 layers: for linear attention, GLA and Mamba-2, LLLA >= LLLL within the spread",
+        "MAD in-context recall, 4 layers: for linear attention and Mamba-2, LLLA >= LLLL within the spread",
         (("icr", _campaign("mad-icr", {"name": "in_context_recall"}, space, 600, seeds, 2 * len(MAD_MIXERS), lrs)),),
         verdict,
     )
