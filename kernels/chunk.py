@@ -11,6 +11,12 @@ only for chunks where |b| <= MAX_SPAN, so exp(-b_s) <= e^MAX_SPAN stays finite a
 before the exp, per-channel decays hierarchically with every factor <= 1. No decay value, however
 large, can overflow. Long inputs run in segments (the state carried across) so that intermediates
 stay small, which is markedly faster on CPU.
+
+Two shortcuts, for the short sequences of proxy training and for Mamba: a single chunk that starts
+from a zero state and whose final state is not asked for is just o = A v (the delta rule's U solved
+for v alone), with no state to build or carry; and a value width of 1 (Mamba's per-channel states)
+steps the recurrence through T, since the chunk form's [C, C] scores per head then cost far more
+than the [K, 1] state they stand in for.
 """
 
 from __future__ import annotations
@@ -25,6 +31,9 @@ Tensor = torch.Tensor
 MAX_SPAN = 30.0
 #: Values per [B, H, segment, D] tensor when a long input is run in segments (about 2 MiB in float32).
 SEGMENT_ELEMENTS = 1 << 19
+#: Fewest state rows (B * H) for which a V = 1 recurrence runs token by token: with fewer, the
+#: per-step overhead of T small steps outweighs the chunks' [C, C] scores (measured crossover: 16-32).
+SCAN_MIN_ROWS = 32
 
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -32,11 +41,25 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
+class _DenseGrad(torch.autograd.Function):
+    """The identity, with a contiguous gradient. The chunk forms' matmuls with transposed operands
+    hand back input gradients laid out as [B, H, D, T]; the elementwise backward ops upstream (the
+    short conv's SiLU, the projections) run several times slower on that layout than one copy costs."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
+        return grad.contiguous()
+
+
 def _chunks(x: Tensor, C: int, acc: torch.dtype) -> Tensor:
     """[B, T, H, ...] -> [B*H, N, C, ...], zero-padded to N*C tokens, in dtype `acc`."""
     B, T, H = x.shape[:3]
     N = -(-T // C)
-    x = x.to(acc)
+    x = (_DenseGrad.apply(x) if x.requires_grad else x).to(acc)
     if N * C > T:  # zeros are neutral: k = beta = 0 adds nothing, log decay 0 keeps the state
         x = torch.cat([x, x.new_zeros(B, N * C - T, *x.shape[2:])], dim=1)
     x = x.reshape(B, N, C, H, *x.shape[3:]).movedim(3, 1)  # [B, H, N, C, ...]
@@ -102,17 +125,23 @@ def _segments(B: int, H: int, D: int, chunk_size: int) -> int:
 def _run(
     core: Callable[..., tuple[Tensor, Tensor]],
     tensors: list[Optional[Tensor]],  # [B, T, ...] each, or None
-    S: Tensor,  # [BH, K, V] state entering the first segment
+    S: Optional[Tensor],  # [BH, K, V] state entering the first segment; None: zeros
     extra: tuple[float, int],  # (scale, chunk_size), passed through to core
     segment: int,  # tokens per segment
     dtype: torch.dtype,  # dtype of the returned output
-) -> tuple[Tensor, Tensor]:
-    """Apply core(*pieces, S, *extra) -> (o, S) to consecutive pieces of `tensors` along T."""
+    final: bool,  # whether the caller wants the state after the last token
+) -> tuple[Tensor, Optional[Tensor]]:
+    """Apply core(*pieces, S, *extra, final) -> (o, S) to consecutive pieces of `tensors` along T.
+
+    `final` tells a piece whether its closing state is needed: always, except by the last piece when
+    the caller does not want the final state.
+    """
     T = tensors[0].shape[1]
     pieces = [x.split(segment, 1) if x is not None else [None] * (-(-T // segment)) for x in tensors]
     outs = []
-    for args in zip(*pieces):
-        o, S = core(*args, S, *extra)
+    n = len(pieces[0])
+    for i, args in enumerate(zip(*pieces)):
+        o, S = core(*args, S, *extra, final or i < n - 1)
         outs.append(o)
     o = outs[0] if len(outs) == 1 else torch.cat(outs, 1)
     return o.to(dtype=dtype, memory_format=torch.contiguous_format), S
@@ -127,20 +156,21 @@ def _decay(g: Optional[Tensor], gk: Optional[Tensor], C: int, acc: torch.dtype) 
     return None
 
 
-def _decay_factors(b: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """exp(b) (to the chunk start), exp(-b) clamped at e^MAX_SPAN and exp(b_C - b) (to the chunk end).
+def _decay_factors(b: Tensor, to_end: bool = True) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+    """exp(b) (to the chunk start), exp(-b) clamped at e^MAX_SPAN and exp(b_C - b) (to the chunk end;
+    None unless `to_end`: a chunk that passes no state on does not need it).
 
     In-place ops on fresh intermediates save allocations (autograd only keeps what it needs).
     """
-    to_end = (b[..., -1:, :] - b).exp_()
-    return b.exp(), b.clamp(min=-MAX_SPAN).neg_().exp_(), to_end
+    end = (b[..., -1:, :] - b).exp_() if to_end else None
+    return b.exp(), b.clamp(min=-MAX_SPAN).neg_().exp_(), end
 
 
-def _initial(initial_state: Optional[Tensor], B: int, H: int, K: int, V: int, like: Tensor) -> Tensor:
-    acc = accumulation_dtype(like.dtype)
+def _initial(initial_state: Optional[Tensor], B: int, H: int, K: int, V: int, like: Tensor) -> Optional[Tensor]:
+    """[BH, K, V] in the accumulation dtype, or None for a zero state (the cores make it when they need it)."""
     if initial_state is None:
-        return like.new_zeros(B * H, K, V, dtype=acc)
-    return initial_state.to(acc).reshape(B * H, K, V)
+        return None
+    return initial_state.to(accumulation_dtype(like.dtype)).reshape(B * H, K, V)
 
 
 def _chunk_len(T: int, chunk_size: int) -> int:
@@ -153,11 +183,21 @@ def _unchunk(o: Tensor, B: int, T: int, H: int) -> Tensor:
 
 
 def _gla_core(
-    q: Tensor, k: Tensor, v: Tensor, g: Optional[Tensor], gk: Optional[Tensor], S: Tensor, scale: float, chunk_size: int
-) -> tuple[Tensor, Tensor]:
-    """One segment of gated linear attention from state S [BH, K, V]; returns (o view, new S)."""
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    g: Optional[Tensor],
+    gk: Optional[Tensor],
+    S: Optional[Tensor],
+    scale: float,
+    chunk_size: int,
+    final: bool,
+) -> tuple[Tensor, Optional[Tensor]]:
+    """One segment of gated linear attention from state S [BH, K, V] (None: zeros); returns (o view,
+    new S, or None when neither `final` nor a later chunk needs it)."""
     B, T, H, K = q.shape
-    C, acc = _chunk_len(T, chunk_size), S.dtype
+    C, acc = _chunk_len(T, chunk_size), accumulation_dtype(q.dtype)
+    alone = S is None and T <= C and not final  # one chunk from a zero state: o = A v
     b = _decay(g, gk, C, acc)
     q, k, v = (_chunks(x, C, acc) for x in (q, k, v))  # [BH, N, C, *]
     mask = torch.ones(C, C, dtype=acc, device=q.device).tril()
@@ -166,12 +206,17 @@ def _gla_core(
         q = q * scale
         A = (q @ k.transpose(-1, -2)).mul_(mask)  # [BH, N, C, C]
     else:
-        start, inv, end = _decay_factors(b)  # [BH, N, C, K'] each
+        start, inv, end = _decay_factors(b, not alone)  # [BH, N, C, K'] each
         qe = (q * start).mul_(scale)  # decayed from the chunk start to t
         A = (qe @ (k * inv).transpose(-1, -2)).mul_(mask)  # exact unless the chunk is wide
         (A,) = _fix_wide([A], [(q, scale)], k, b)
-        q, k = qe, k * end  # k decayed from s to the chunk end
-        decay = b[..., -1:, :].transpose(-1, -2).exp()  # [BH, N, K', 1]
+        if not alone:
+            q, k = qe, k * end  # k decayed from s to the chunk end
+            decay = b[..., -1:, :].transpose(-1, -2).exp()  # [BH, N, K', 1]
+    if alone:
+        return _unchunk(A @ v, B, T, H), None
+    if S is None:
+        S = q.new_zeros(B * H, K, v.shape[-1])
     U = k.transpose(-1, -2) @ v  # [BH, N, K, V] what each chunk adds to the state
     states = []
     for n, u in enumerate(U.unbind(1)):
@@ -188,28 +233,37 @@ def _delta_core(
     beta: Tensor,
     g: Optional[Tensor],
     gk: Optional[Tensor],
-    S: Tensor,
+    S: Optional[Tensor],
     scale: float,
     chunk_size: int,
-) -> tuple[Tensor, Tensor]:
-    """One segment of the gated delta rule from state S [BH, K, V]; returns (o view, new S)."""
+    final: bool,
+) -> tuple[Tensor, Optional[Tensor]]:
+    """One segment of the gated delta rule from state S [BH, K, V] (None: zeros); returns (o view,
+    new S, or None when neither `final` nor a later chunk needs it)."""
     B, T, H, K = q.shape
     V = v.shape[-1]
-    C, acc = _chunk_len(T, chunk_size), S.dtype
+    C, acc = _chunk_len(T, chunk_size), accumulation_dtype(q.dtype)
+    alone = S is None and T <= C and not final  # one chunk from a zero state: o = A U, U = W
     b = _decay(g, gk, C, acc)
     q, k, v = (_chunks(x, C, acc) for x in (q, k, v))  # [BH, N, C, *]
     beta = _chunks(beta, C, acc)[..., None]  # [BH, N, C, 1]
     mask = torch.ones(C, C, dtype=acc, device=q.device).tril()
     if b is None:
-        qe, kinv, kd, kb = q * scale, k, k, k * beta
+        qe, kinv, kb = q * scale, k, k * beta
     else:
-        start, inv, end = _decay_factors(b)  # [BH, N, C, K'] each
+        start, inv, end = _decay_factors(b, not alone)  # [BH, N, C, K'] each
         qe, kb = (q * start).mul_(scale), k * (start * beta)  # decayed from the chunk start
-        kinv, kd = k * inv, k * end  # kinv: exact unless the chunk is wide; kd: decayed to the chunk end
+        kinv = k * inv  # exact unless the chunk is wide
     Aqk = (qe @ kinv.transpose(-1, -2)).mul_(mask)  # [BH, N, C, C]
     Akk = kb @ kinv.transpose(-1, -2)  # only its strictly lower part is read
     if b is not None:
         Aqk, Akk = _fix_wide([Aqk, Akk], [(q, scale), (k, beta)], k, b)
+    if alone:  # S0 = 0: W = U, and nothing is carried
+        U = torch.linalg.solve_triangular(Akk, v * beta, upper=False, unitriangular=True)
+        return _unchunk(Aqk @ U, B, T, H), None
+    if S is None:
+        S = q.new_zeros(B * H, K, V)
+    kd = k if b is None else k * end  # decayed to the chunk end
     # (I + strictly_lower(Akk)) [U | Wk] = diag(beta) [V | k e^b], then W = U - Wk S0.
     UW = torch.linalg.solve_triangular(Akk, torch.cat([v * beta, kb], -1), upper=False, unitriangular=True)
     R, M = (kd.transpose(-1, -2) @ UW).split([V, K], -1)  # [BH, N, K, V], [BH, N, K, K]
@@ -222,6 +276,33 @@ def _delta_core(
     AU, AW = (Aqk @ UW).split([V, K], -1)  # [BH, N, C, V], [BH, N, C, K]
     o = ((qe - AW) @ torch.stack(states, 1)).add_(AU)  # [BH, N, C, V]
     return _unchunk(o, B, T, H), S
+
+
+def _gla_scan(
+    q: Tensor, k: Tensor, v: Tensor, g: Optional[Tensor], gk: Optional[Tensor], S: Optional[Tensor], scale: float
+) -> tuple[Tensor, Tensor]:
+    """The recurrence token by token, for a state of one column (V = 1): o [B, T, H, 1], S [BH, K, 1].
+
+    Every factor exp(g) <= 1 multiplies the state directly, so no decay can overflow. The inputs are
+    unbound once along T (indexing them per step would make autograd allocate a full gradient per step).
+    """
+    B, T, H, K = q.shape
+    dtype, acc = q.dtype, accumulation_dtype(q.dtype)
+    q, k, v = q.to(acc), k.to(acc), v.to(acc)
+    kv = (k * v).unbind(1)  # [B, H, K] per step (V = 1)
+    if g is not None:
+        alpha = g.to(acc).exp()[..., None].unbind(1)  # [B, H, 1]
+    elif gk is not None:
+        alpha = gk.to(acc).exp().unbind(1)  # [B, H, K]
+    else:
+        alpha = (None,) * T
+    states = []
+    s = q.new_zeros(B, H, K) if S is None else S.reshape(B, H, K)  # zeros: every decay stays in the graph
+    for u, a in zip(kv, alpha):
+        s = s + u if a is None else torch.addcmul(u, a, s)
+        states.append(s)
+    o = (torch.stack(states, 1) * q).sum(-1, keepdim=True).mul_(scale)  # [B, T, H, 1]
+    return o.to(dtype), s.reshape(B * H, K, 1)
 
 
 def chunk_gated_linear_attention(
@@ -245,8 +326,11 @@ def chunk_gated_linear_attention(
     V = v.shape[-1]
     scale = K**-0.5 if scale is None else scale
     S = _initial(initial_state, B, H, K, V, q)
-    segment = _segments(B, H, max(K, V), chunk_size)
-    o, S = _run(_gla_core, [q, k, v, g, gk], S, (scale, chunk_size), segment, q.dtype)
+    if V == 1 and B * H >= SCAN_MIN_ROWS:
+        o, S = _gla_scan(q, k, v, g, gk, S, scale)
+    else:
+        segment = _segments(B, H, max(K, V), chunk_size)
+        o, S = _run(_gla_core, [q, k, v, g, gk], S, (scale, chunk_size), segment, q.dtype, output_final_state)
     return o, (S.reshape(B, H, K, V) if output_final_state else None)
 
 
@@ -274,5 +358,5 @@ def chunk_gated_delta_rule(
     scale = K**-0.5 if scale is None else scale
     S = _initial(initial_state, B, H, K, V, q)
     segment = _segments(B, H, max(K, V), chunk_size)
-    o, S = _run(_delta_core, [q, k, v, beta, g, gk], S, (scale, chunk_size), segment, q.dtype)
+    o, S = _run(_delta_core, [q, k, v, beta, g, gk], S, (scale, chunk_size), segment, q.dtype, output_final_state)
     return o, (S.reshape(B, H, K, V) if output_final_state else None)

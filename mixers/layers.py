@@ -12,6 +12,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from hybridnas.kernels import (
     causal_conv1d,
@@ -81,7 +82,33 @@ class RMSNorm(nn.Module):
         nn.init.constant_(self.weight, self.init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu":
+            return _RMSNormCPU.apply(x, self.weight, NORM_EPS)
         return F.rms_norm(x, (x.shape[-1],), self.weight, NORM_EPS)
+
+
+class _RMSNormCPU(torch.autograd.Function):
+    """F.rms_norm with its backward written out: on CPU torch composes it from pow, mean and
+    rsqrt kernels, forward and backward, which takes about a third more time at proxy sizes.
+    The forward is the same ops in the same order; half-precision inputs are normalized in float32."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:  # type: ignore[override]
+        xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+        r = torch.rsqrt((xf * xf).mean(-1, keepdim=True).add_(eps))  # [..., 1]
+        xhat = xf * r
+        ctx.save_for_backward(xhat, r, weight)
+        return (xhat * weight).to(x.dtype)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:  # type: ignore[override]
+        xhat, r, weight = ctx.saved_tensors
+        g = grad.to(xhat.dtype)
+        grad_weight = (g * xhat).reshape(-1, xhat.shape[-1]).sum(0)
+        gx = g * weight  # d loss / d xhat
+        grad_x = (gx - xhat * (gx * xhat).mean(-1, keepdim=True)).mul_(r)
+        return grad_x.to(grad.dtype), grad_weight.to(weight.dtype), None
 
 
 class ShortConv(nn.Module):
@@ -272,17 +299,26 @@ def apply_gate(y: torch.Tensor, g_proj: nn.Module | None, x: torch.Tensor, gate:
 
 
 def rope(x: torch.Tensor, offset: int) -> torch.Tensor:
-    """Rotary position embedding (base 10000) of x [B, T, H, D] at positions offset..offset+T-1."""
-    T, D = x.shape[1], x.shape[-1]
+    """Rotary position embedding (base 10000) of x [B, T, H, D] at positions offset..offset+T-1.
+
+    The pairs (x1, x2) of the two halves become (x1 cos - x2 sin, x2 cos + x1 sin), computed as
+    x * cos + swap(x) * sin with sin negated on the first half: the same products and sums, bit for
+    bit, in fewer whole-row ops, with tables [T, H, D] that broadcast over the batch only (cheaper
+    on CPU than broadcasting over heads too).
+    """
+    T, H, D = x.shape[1], x.shape[2], x.shape[-1]
     half = D // 2  # an odd last channel is left as it is
     dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     inv_freq = 10000.0 ** (-torch.arange(half, device=x.device, dtype=dtype) * 2 / (2 * half))  # [half]
     pos = torch.arange(offset, offset + T, device=x.device, dtype=dtype)
     angle = pos[:, None] * inv_freq[None, :]  # [T, half]
-    cos = angle.cos()[None, :, None, :].to(x.dtype)  # [1, T, 1, half]
-    sin = angle.sin()[None, :, None, :].to(x.dtype)
-    x1, x2, rest = x[..., :half], x[..., half : 2 * half], x[..., 2 * half :]
-    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin, rest], dim=-1)
+    cos, sin = angle.cos(), angle.sin()
+    cos = torch.cat([cos, cos], -1)[:, None, :].to(x.dtype).expand(T, H, 2 * half).contiguous()  # [T, H, 2 half]
+    sin = torch.cat([-sin, sin], -1)[:, None, :].to(x.dtype).expand(T, H, 2 * half).contiguous()
+    pairs = x[..., : 2 * half]
+    swapped = pairs.unflatten(-1, (2, half)).flip(-2).flatten(-2)  # (x2, x1)
+    out = pairs * cos + swapped * sin
+    return out if 2 * half == D else torch.cat([out, x[..., 2 * half :]], dim=-1)
 
 
 def spread_dt(n: int, dt_min: float = 1e-3, dt_max: float = 1e-1) -> torch.Tensor:

@@ -230,6 +230,12 @@ def _batch_order(n: int, steps: int, batch_size: int, gen: torch.Generator) -> t
     return torch.cat(perms)[:total].view(steps, batch_size)
 
 
+def _fusable(model: nn.Module) -> bool:
+    """Whether AdamW can update every parameter in one fused kernel: on CPU that is several times
+    faster than its default per-parameter loop, and the same update up to float roundoff."""
+    return all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in model.parameters())
+
+
 def _loss_fn(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     # logits [B, T, V], targets [B, T]; mean over target positions only.
     return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX)
@@ -315,7 +321,7 @@ def train(
     train_inputs = data.train_inputs.to(device)
     train_targets = data.train_targets.to(device)
 
-    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=lr, betas=(0.9, 0.95))
+    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=lr, betas=(0.9, 0.95), fused=_fusable(model))
     model.train()
     pending: list[torch.Tensor] = []  # losses not yet checked on the host
     history: list[float] = []
