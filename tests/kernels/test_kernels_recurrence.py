@@ -186,3 +186,42 @@ def test_chunk_source_is_self_contained(make_inputs) -> None:
     o_ref, S_ref = naive_gated_delta_rule(*args, gk=x["gk"], output_final_state=True)
     torch.testing.assert_close(o, o_ref)
     torch.testing.assert_close(S, S_ref)
+
+
+def _outputs_and_grads_without_state(fn: Callable, primitive: str, x: dict, **kw: object) -> list[torch.Tensor]:
+    """[o, d loss / d input...] of a call with no initial state and no final state asked (the training forward)."""
+    args = [x["q"], x["k"], x["v"]] + ([x["beta"]] if primitive == "delta" else [])
+    o, S = fn(*args, g=x["g"], gk=x["gk"], output_final_state=False, **kw)
+    assert S is None
+    do = torch.randn(o.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64).to(o.dtype)
+    names = [n for n in grad_names(x) if n != "initial_state"]
+    return [o.detach(), *torch.autograd.grad((o * do).sum(), [x[n] for n in names])]
+
+
+@pytest.mark.parametrize("T,K,V", [(1, 16, 16), (17, 8, 24), (64, 32, 16)])
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("primitive", PRIMITIVES)
+def test_single_chunk_training_forward_matches_float64_naive(primitive: str, mode: str, T: int, K: int, V: int, make_inputs) -> None:
+    """One chunk, no initial state, no final state: the path every proxy training step at T <= 64 takes."""
+    x = make_inputs(primitive, mode, T=T, K=K, V=V, seed=T + 3, initial_state=False)
+    expected = _outputs_and_grads_without_state(NAIVE[primitive], primitive, x)
+    actual = _outputs_and_grads_without_state(CHUNK[primitive], primitive, x, chunk_size=64)
+    assert_all_close(actual, expected, ["o", *[n for n in grad_names(x) if n != "initial_state"]], rel=1e-10)
+
+
+@pytest.mark.parametrize("T", [1, 9, 70])
+@pytest.mark.parametrize("with_state", [False, True])
+@pytest.mark.parametrize("mode", ["none", "g", "gk"])
+def test_value_width_one_scan_matches_float64_naive(mode: str, with_state: bool, T: int, make_inputs) -> None:
+    """V = 1 with batch x heads >= SCAN_MIN_ROWS takes the stepwise scan (Mamba's one head per channel)."""
+    H = chunk_module.SCAN_MIN_ROWS  # B = 1: exactly at the threshold
+    x = make_inputs("gla", mode, B=1, H=H, T=T, K=16, V=1, seed=T + 5, initial_state=with_state)
+    if with_state:
+        expected = outputs_and_grads(lambda x: call(NAIVE["gla"], "gla", x), x)
+        actual = outputs_and_grads(lambda x: call(CHUNK["gla"], "gla", x), x)
+        names = ["o", "final_state", *grad_names(x)]
+    else:
+        expected = _outputs_and_grads_without_state(NAIVE["gla"], "gla", x)
+        actual = _outputs_and_grads_without_state(CHUNK["gla"], "gla", x)
+        names = ["o", *[n for n in grad_names(x) if n != "initial_state"]]
+    assert_all_close(actual, expected, names, rel=1e-10)
