@@ -36,6 +36,12 @@ SEGMENT_ELEMENTS = 1 << 19
 SCAN_MIN_ROWS = 32
 
 
+def no_autocast(x: Tensor) -> torch.autocast:
+    """Autocast off on x's device: under bf16 autocast (training on a GPU) the chunk matmuls would
+    otherwise be rounded to bf16 while the state is meant to accumulate in float32."""
+    return torch.autocast(x.device.type, enabled=False)
+
+
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype the state is kept in: float32 for half/bfloat16 inputs, else the input dtype."""
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
@@ -325,12 +331,13 @@ def chunk_gated_linear_attention(
     B, _, H, K = q.shape
     V = v.shape[-1]
     scale = K**-0.5 if scale is None else scale
-    S = _initial(initial_state, B, H, K, V, q)
-    if V == 1 and B * H >= SCAN_MIN_ROWS:
-        o, S = _gla_scan(q, k, v, g, gk, S, scale)
-    else:
-        segment = _segments(B, H, max(K, V), chunk_size)
-        o, S = _run(_gla_core, [q, k, v, g, gk], S, (scale, chunk_size), segment, q.dtype, output_final_state)
+    with no_autocast(q):
+        S = _initial(initial_state, B, H, K, V, q)
+        if V == 1 and B * H >= SCAN_MIN_ROWS:
+            o, S = _gla_scan(q, k, v, g, gk, S, scale)
+        else:
+            segment = _segments(B, H, max(K, V), chunk_size)
+            o, S = _run(_gla_core, [q, k, v, g, gk], S, (scale, chunk_size), segment, q.dtype, output_final_state)
     return o, (S.reshape(B, H, K, V) if output_final_state else None)
 
 
@@ -356,7 +363,8 @@ def chunk_gated_delta_rule(
     B, _, H, K = q.shape
     V = v.shape[-1]
     scale = K**-0.5 if scale is None else scale
-    S = _initial(initial_state, B, H, K, V, q)
-    segment = _segments(B, H, max(K, V), chunk_size)
-    o, S = _run(_delta_core, [q, k, v, beta, g, gk], S, (scale, chunk_size), segment, q.dtype, output_final_state)
+    with no_autocast(q):
+        S = _initial(initial_state, B, H, K, V, q)
+        segment = _segments(B, H, max(K, V), chunk_size)
+        o, S = _run(_delta_core, [q, k, v, beta, g, gk], S, (scale, chunk_size), segment, q.dtype, output_final_state)
     return o, (S.reshape(B, H, K, V) if output_final_state else None)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from hybridnas.kernels.chunk import accumulation_dtype
+from hybridnas.kernels.chunk import accumulation_dtype, no_autocast
 
 
 def _check_step(
@@ -62,9 +62,10 @@ def gated_linear_attention_step(
     _check_step(q, k, v, state, None, g, gk)
     acc = accumulation_dtype(torch.promote_types(q.dtype, state.dtype))
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    S = _decayed(state.to(acc), g, gk)
-    S = torch.addcmul(S, k.to(acc)[..., :, None], v.to(acc)[..., None, :])  # [B, H, K, V]
-    o = torch.einsum("bhk,bhkv->bhv", q.to(acc) * scale, S)
+    with no_autocast(q):  # the state stays in float32 under bf16 autocast
+        S = _decayed(state.to(acc), g, gk)
+        S = torch.addcmul(S, k.to(acc)[..., :, None], v.to(acc)[..., None, :])  # [B, H, K, V]
+        o = torch.einsum("bhk,bhkv->bhv", q.to(acc) * scale, S)
     return o.to(q.dtype), S
 
 
@@ -84,10 +85,11 @@ def gated_delta_rule_step(
     _check_step(q, k, v, state, beta, g, gk)
     acc = accumulation_dtype(torch.promote_types(q.dtype, state.dtype))
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    k = k.to(acc)
-    S = _decayed(state.to(acc), g, gk)
-    recalled = torch.einsum("bhk,bhkv->bhv", k, S)  # S'^T k
-    delta = beta.to(acc)[..., None] * (v.to(acc) - recalled)  # [B, H, V]
-    S = torch.addcmul(S, k[..., :, None], delta[..., None, :])
-    o = torch.einsum("bhk,bhkv->bhv", q.to(acc) * scale, S)
+    with no_autocast(q):  # the state stays in float32 under bf16 autocast
+        k = k.to(acc)
+        S = _decayed(state.to(acc), g, gk)
+        recalled = torch.einsum("bhk,bhkv->bhv", k, S)  # S'^T k
+        delta = beta.to(acc)[..., None] * (v.to(acc) - recalled)  # [B, H, V]
+        S = torch.addcmul(S, k[..., :, None], delta[..., None, :])
+        o = torch.einsum("bhk,bhkv->bhv", q.to(acc) * scale, S)
     return o.to(q.dtype), S

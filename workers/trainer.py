@@ -13,6 +13,7 @@ records as a failed evaluation.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -245,11 +246,22 @@ class _Overtime(Exception):
     """Raised inside `score` when the deadline passes; callers turn it into EvaluationFailed."""
 
 
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """torch.autocast to `dtype` on `device`, or nothing for plain float32."""
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
+
+
 @torch.no_grad()
 def score(
-    model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int, deadline: Deadline | None = None
+    model: nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    batch_size: int,
+    deadline: Deadline | None = None,
+    amp: torch.dtype | None = None,
 ) -> tuple[float, float]:
-    """(accuracy, mean cross-entropy) over the target positions of `inputs`, in eval mode."""
+    """(accuracy, mean cross-entropy) over the target positions of `inputs`, in eval mode (under
+    autocast to `amp` when given, as in training)."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -262,7 +274,8 @@ def score(
                 raise _Overtime()
             x = inputs[i : i + batch_size].to(device)  # [B, T]
             y = targets[i : i + batch_size].to(device)  # [B, T]
-            logits = model(x).float()  # [B, T, V]
+            with autocast(device, amp):
+                logits = model(x).float()  # [B, T, V]
             mask = y != IGNORE_INDEX  # [B, T]
             loss_sum += F.cross_entropy(
                 logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
@@ -315,6 +328,7 @@ def train(
         lr = cfg.lrs[0]
     data, val = split_validation(data, cfg.val_fraction)
     device = next(model.parameters()).device
+    amp = autocast_dtype(cfg, device)  # bf16 autocast on CUDA by default; the kernels keep fp32 states
     torch.manual_seed(seed)  # dropout or any other randomness inside the model
     gen = torch.Generator().manual_seed(seed)  # batch order, independent of the model's RNG use
     order = _batch_order(data.train_inputs.shape[0], cfg.steps, cfg.batch_size, gen).to(device)  # [steps, B]
@@ -349,7 +363,8 @@ def train(
             for group in opt.param_groups:
                 group["lr"] = current
             idx = order[step]  # [B]
-            loss = _loss_fn(model(train_inputs[idx]), train_targets[idx])
+            with autocast(device, amp):
+                loss = _loss_fn(model(train_inputs[idx]), train_targets[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip > 0:
@@ -360,7 +375,7 @@ def train(
             if len(pending) == _CHECK_EVERY or done == cfg.steps:
                 check(done)
             if cfg.target is not None and val is not None and (done % cfg.eval_every == 0 or done == cfg.steps):
-                if cfg.target.reached(*score(model, val.test_inputs, val.test_targets, cfg.eval_batch_size, deadline)):
+                if cfg.target.reached(*score(model, val.test_inputs, val.test_targets, cfg.eval_batch_size, deadline, amp)):
                     if pending:
                         check(done)
                     reached, steps = done, done
@@ -370,7 +385,7 @@ def train(
         train_time = time.perf_counter() - t0
         val_acc, val_loss = (math.nan, math.nan)
         if val is not None:
-            val_acc, val_loss = score(model, val.test_inputs, val.test_targets, cfg.eval_batch_size, deadline)
+            val_acc, val_loss = score(model, val.test_inputs, val.test_targets, cfg.eval_batch_size, deadline, amp)
     except _Overtime:
         raise overtime(steps) from None
     if val is not None and not math.isfinite(val_loss):
@@ -424,7 +439,8 @@ def fit(
     assert kept is not None
     _, model, run = kept
     try:
-        accuracy, test_loss = score(model, data.test_inputs, data.test_targets, cfg.eval_batch_size, deadline)
+        amp = autocast_dtype(cfg, next(model.parameters()).device)
+        accuracy, test_loss = score(model, data.test_inputs, data.test_targets, cfg.eval_batch_size, deadline, amp)
     except _Overtime:
         raise EvaluationFailed(f"time limit of {deadline.limit_s:g}s exceeded while scoring the test set") from None  # type: ignore[union-attr]
     if not math.isfinite(test_loss):

@@ -252,3 +252,11 @@ def test_task_extra_metrics_are_recorded(one_thread: None) -> None:
     assert m["short.bits_per_byte"] == alone.metrics["bits_per_byte"]
     expected = (m["short.bits_per_byte"] + 3 * m["long.bits_per_byte"]) / 4
     assert m["bits_per_byte"] == pytest.approx(expected, rel=1e-12)
+
+
+def test_every_evaluation_records_its_device_numerics_and_kernels(one_thread: None) -> None:
+    assert evaluate(_request()).device == "cpu (1 threads), fp32, chunk kernels"
+    bf16 = evaluate(_request(train={**TRAIN, "precision": "bf16"}))
+    assert bf16.ok and bf16.device == "cpu (1 threads), bf16 autocast, chunk kernels"
+    bad = evaluate(_request(spec_json="{}"))
+    assert not bad.ok and bad.device == "cpu (1 threads)"  # the request was never read: no numerics to name

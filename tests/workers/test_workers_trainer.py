@@ -179,3 +179,31 @@ def test_train_config_from_dict() -> None:
         Target("f1", 0.5)
     with pytest.raises(ValueError, match=r"^train\.epochs: unknown option; allowed: .*steps"):
         TrainConfig.from_dict({"epochs": 3})
+
+
+def test_precision_plumbing(easy_data, one_thread: None) -> None:
+    """auto: bf16 autocast on CUDA, fp32 on CPU; bf16 asked for runs on CPU too, the kernels' state in float32."""
+    from hybridnas.codegen import build_model
+    from hybridnas.kernels.chunk import chunk_gated_delta_rule
+    from hybridnas.space import ArchSpec, HybridGenes
+    from hybridnas.workers.trainer import autocast, autocast_dtype, precision_label
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert autocast_dtype(TrainConfig(), cuda) is torch.bfloat16 and autocast_dtype(TrainConfig(), cpu) is None
+    assert autocast_dtype(TrainConfig(precision="fp32"), cuda) is None
+    assert autocast_dtype(TrainConfig(precision="bf16"), cpu) is torch.bfloat16
+    assert precision_label(TrainConfig(), cuda) == "bf16 autocast" and precision_label(TrainConfig(), cpu) == "fp32"
+    with pytest.raises(ValueError, match="precision"):
+        TrainConfig(precision="fp8")  # type: ignore[arg-type]
+    # Under bf16 autocast the kernel gets bf16 inputs and still accumulates in float32.
+    q = torch.randn(1, 20, 2, 8)
+    k = torch.nn.functional.normalize(torch.randn(1, 20, 2, 8), dim=-1)
+    v, beta = torch.randn(1, 20, 2, 8), torch.rand(1, 20, 2)
+    ref, _ = chunk_gated_delta_rule(q, k, v, beta)
+    with autocast(cpu, torch.bfloat16):
+        out, state = chunk_gated_delta_rule(q.bfloat16(), k.bfloat16(), v.bfloat16(), beta.bfloat16(), output_final_state=True)
+    assert out.dtype == torch.bfloat16 and state.dtype == torch.float32
+    torch.testing.assert_close(out.float(), ref, rtol=0.05, atol=0.05)
+    spec = ArchSpec.from_hybrid(HybridGenes(ratio=1, linear_mixer="gated_deltanet", short_conv=True), d_model=16, n_layers=2, n_heads=2, vocab_size=17)
+    _, result = fit(lambda: build_model(spec), easy_data, TrainConfig(steps=10, batch_size=16, precision="bf16", eval_batch_size=100), seed=0)
+    assert math.isfinite(result.loss) and 0 <= result.accuracy <= 1
