@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass, fields
-from typing import Any, Protocol, runtime_checkable
+from dataclasses import asdict, dataclass, fields
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -93,6 +93,27 @@ def check_seed(seed: Any) -> None:
         raise ValueError(f"seed: got {seed!r}, must be an integer >= 0")
 
 
+def check_counts(num_train: Any, num_test: Any) -> None:
+    """Raise TaskConfigError unless both set sizes are integers in [1, MAX_EXAMPLES]."""
+    check_int("num_train", num_train, 1, limit=MAX_EXAMPLES)
+    check_int("num_test", num_test, 1, limit=MAX_EXAMPLES)
+
+
+class KeyValueTokens:
+    """A config whose first `num_kv_tokens` token ids (after any offset) hold keys and values: the
+    lower half keys, the rest values."""
+
+    num_kv_tokens: int
+
+    @property
+    def num_keys(self) -> int:
+        return self.num_kv_tokens // 2
+
+    @property
+    def num_values(self) -> int:
+        return self.num_kv_tokens - self.num_keys
+
+
 def row_key(row: np.ndarray) -> bytes:
     """A fixed-size fingerprint of one sequence (a 128-bit hash keeps dedup sets small for long rows)."""
     return hashlib.blake2b(np.ascontiguousarray(row).tobytes(), digest_size=16).digest()
@@ -165,6 +186,34 @@ def config_from_dict(config_type: type, task_name: str, d: dict[str, Any]) -> An
         return config_type(**d)
     except TaskConfigError as e:
         raise TaskConfigError(f"task.{e.field}", e.message) from None
+
+
+class ConfigTask:
+    """The registry interface of a task that is a frozen config plus its generator. Subclasses are
+    frozen dataclasses whose fields `config` and `name` have defaults, and set `generator`."""
+
+    config: Any
+    name: str
+    generator: ClassVar[Callable[[Any, int], TaskData]]  # the module-level generate_* function
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Any:
+        # A dataclass keeps a field's default as a class attribute: `cls.config` is the default config.
+        return cls(config_from_dict(type(cls.config), cls.name, d))
+
+    @property
+    def vocab_size(self) -> int:
+        return self.config.vocab_size
+
+    @property
+    def seq_len(self) -> int:
+        return self.config.seq_len
+
+    def generate(self, seed: int) -> TaskData:
+        return type(self).generator(self.config, seed)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, **asdict(self.config)}
 
 
 # Imported after the shared names above: task modules import them from this package.
@@ -242,10 +291,12 @@ __all__ = [
     "ByteLMTask",
     "CompressionConfig",
     "CompressionTask",
+    "ConfigTask",
     "CorpusMismatchError",
     "FuzzyRecallConfig",
     "FuzzyRecallTask",
     "InContextRecallTask",
+    "KeyValueTokens",
     "MQARConfig",
     "MQARTask",
     "MemorizationConfig",
@@ -260,6 +311,7 @@ __all__ = [
     "TaskConfigError",
     "TaskData",
     "check_bool",
+    "check_counts",
     "check_int",
     "check_seed",
     "config_from_dict",

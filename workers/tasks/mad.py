@@ -55,23 +55,24 @@ the recall tasks, as MAD's baselines use it nowhere else.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
 
 import numpy as np
 
 from hybridnas.workers.tasks import (
     IGNORE_INDEX,
-    MAX_EXAMPLES,
     MAX_SEQ_LEN,
     MAX_VOCAB,
+    ConfigTask,
+    KeyValueTokens,
     TaskConfigError,
     TaskData,
     check_bool,
+    check_counts,
     check_int,
     check_seed,
-    config_from_dict,
     split_data,
 )
 
@@ -87,7 +88,7 @@ def _check_frac(field: str, value: Any) -> float:
 
 
 @dataclass(frozen=True)
-class RecallConfig:
+class RecallConfig(KeyValueTokens):
     vocab_size: int = 16  # keys, values and noise tokens (MAD baseline 16; varied 32, 64, 128)
     seq_len: int = 64  # tokens per sequence, even: seq_len/2 pairs (MAD baseline 128; varied 256-1024)
     noise_vocab_size: int = 0  # noise tokens, the top of the vocabulary (MAD: 16 for noisy recall)
@@ -106,22 +107,13 @@ class RecallConfig:
         object.__setattr__(self, "frac_noise", _check_frac("frac_noise", self.frac_noise))
         if self.frac_noise > 0 and self.noise_vocab_size == 0:
             raise TaskConfigError("noise_vocab_size", "got 0, must be >= 1 when frac_noise > 0")
-        check_int("num_train", self.num_train, 1, limit=MAX_EXAMPLES)
-        check_int("num_test", self.num_test, 1, limit=MAX_EXAMPLES)
+        check_counts(self.num_train, self.num_test)
         check_bool("train_all_tokens", self.train_all_tokens)
 
     @property
-    def num_clean(self) -> int:
-        """Key and value tokens: [0, num_clean); noise tokens follow."""
+    def num_kv_tokens(self) -> int:
+        """Key and value tokens: [0, num_kv_tokens); noise tokens follow."""
         return self.vocab_size - self.noise_vocab_size
-
-    @property
-    def num_keys(self) -> int:
-        return self.num_clean // 2
-
-    @property
-    def num_values(self) -> int:
-        return self.num_clean - self.num_keys
 
 
 @dataclass(frozen=True)
@@ -141,7 +133,7 @@ def _recall_sample(cfg: RecallConfig, rng: np.random.Generator, n: int, train: b
         noise = rng.random((n, p)) < cfg.frac_noise
         noise[rows, rng.integers(0, p - 1, size=n)] = False  # at least one real pair before the last
         noise[:, -1] = False
-        noise_tokens = cfg.num_clean + rng.integers(0, cfg.noise_vocab_size, size=(n, p, 2))  # [n, P, 2]
+        noise_tokens = cfg.num_kv_tokens + rng.integers(0, cfg.noise_vocab_size, size=(n, p, 2))  # [n, P, 2]
 
     # The last pair queries a key shown earlier, uniformly among the distinct ones shown.
     shown = np.zeros((n, k), dtype=bool)  # [n, K]
@@ -172,20 +164,15 @@ def _recall_sample(cfg: RecallConfig, rng: np.random.Generator, n: int, train: b
 
 def generate_recall(cfg: RecallConfig, seed: int) -> TaskData:
     """Train and test sets of (noisy) in-context recall; the same (cfg, seed) gives identical tensors."""
-    return split_data(
-        lambda rng, n: _recall_sample(cfg, rng, n, train=True),
-        lambda rng, n: _recall_sample(cfg, rng, n, train=False),
-        seed,
-        cfg.num_train,
-        cfg.num_test,
-    )
+    train, test = partial(_recall_sample, cfg, train=True), partial(_recall_sample, cfg, train=False)
+    return split_data(train, test, seed, cfg.num_train, cfg.num_test)
 
 
 # --- fuzzy in-context recall ------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class FuzzyRecallConfig:
+class FuzzyRecallConfig(KeyValueTokens):
     vocab_size: int = 16  # keys, values and the pad token vocab_size-1 (MAD baseline 16; varied 32, 64, 128)
     seq_len: int = 64  # tokens per sequence (MAD baseline 128; varied 256-1024)
     k_motif_size: int = 3  # longest key, in tokens; test keys all have this length (MAD 3)
@@ -202,8 +189,7 @@ class FuzzyRecallConfig:
         check_int("vocab_size", self.vocab_size, max(lo, 5), limit=MAX_VOCAB)
         # One pair of each longest size plus the final query fit in seq_len + 1 stream tokens.
         check_int("seq_len", self.seq_len, 2 * (self.k_motif_size + self.v_motif_size) - 1, limit=MAX_SEQ_LEN)
-        check_int("num_train", self.num_train, 1, limit=MAX_EXAMPLES)
-        check_int("num_test", self.num_test, 1, limit=MAX_EXAMPLES)
+        check_counts(self.num_train, self.num_test)
         check_bool("train_all_tokens", self.train_all_tokens)
 
     @property
@@ -211,12 +197,8 @@ class FuzzyRecallConfig:
         return self.vocab_size - 1
 
     @property
-    def num_keys(self) -> int:
-        return (self.vocab_size - 1) // 2
-
-    @property
-    def num_values(self) -> int:
-        return self.vocab_size - 1 - self.num_keys
+    def num_kv_tokens(self) -> int:
+        return self.pad  # every token below the pad token
 
 
 def _fuzzy_row(cfg: FuzzyRecallConfig, rng: np.random.Generator, train: bool) -> tuple[list[int], list[bool]]:
@@ -259,13 +241,8 @@ def _fuzzy_sample(
 
 def generate_fuzzy_recall(cfg: FuzzyRecallConfig, seed: int) -> TaskData:
     """Train and test sets of fuzzy in-context recall; the same (cfg, seed) gives identical tensors."""
-    return split_data(
-        lambda rng, n: _fuzzy_sample(cfg, rng, n, train=True),
-        lambda rng, n: _fuzzy_sample(cfg, rng, n, train=False),
-        seed,
-        cfg.num_train,
-        cfg.num_test,
-    )
+    train, test = partial(_fuzzy_sample, cfg, train=True), partial(_fuzzy_sample, cfg, train=False)
+    return split_data(train, test, seed, cfg.num_train, cfg.num_test)
 
 
 # --- selective copying ---------------------------------------------------------------------------------
@@ -284,8 +261,7 @@ class SelectiveCopyingConfig:
         check_int("num_tokens_to_copy", self.num_tokens_to_copy, 1, limit=(MAX_SEQ_LEN - 2) // 2)
         # Data, at least one blank among it, the copy token, then one output slot per data token.
         check_int("seq_len", self.seq_len, 2 * self.num_tokens_to_copy + 2, limit=MAX_SEQ_LEN)
-        check_int("num_train", self.num_train, 1, limit=MAX_EXAMPLES)
-        check_int("num_test", self.num_test, 1, limit=MAX_EXAMPLES)
+        check_counts(self.num_train, self.num_test)
 
     @property
     def blank(self) -> int:
@@ -315,10 +291,7 @@ def _copy_sample(cfg: SelectiveCopyingConfig, rng: np.random.Generator, n: int) 
 
 def generate_selective_copying(cfg: SelectiveCopyingConfig, seed: int) -> TaskData:
     """Train and test sets of selective copying; the same (cfg, seed) gives identical tensors."""
-
-    def sample(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
-        return _copy_sample(cfg, rng, n)
-
+    sample = partial(_copy_sample, cfg)
     return split_data(sample, sample, seed, cfg.num_train, cfg.num_test)
 
 
@@ -336,8 +309,7 @@ class CompressionConfig:
         # vocab_size = num_symbols + 1 + num_tokens and seq_len = 2 * num_tokens + 1 stay within the task bounds.
         check_int("num_tokens", self.num_tokens, 1, limit=(MAX_SEQ_LEN - 1) // 2)
         check_int("num_symbols", self.num_symbols, 2, limit=MAX_VOCAB - 1 - self.num_tokens)
-        check_int("num_train", self.num_train, 1, limit=MAX_EXAMPLES)
-        check_int("num_test", self.num_test, 1, limit=MAX_EXAMPLES)
+        check_counts(self.num_train, self.num_test)
 
     @property
     def compress_token(self) -> int:
@@ -364,10 +336,7 @@ def _compression_sample(cfg: CompressionConfig, rng: np.random.Generator, n: int
 
 def generate_compression(cfg: CompressionConfig, seed: int) -> TaskData:
     """Train and test sets of compression; the same (cfg, seed) gives identical tensors."""
-
-    def sample(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
-        return _compression_sample(cfg, rng, n)
-
+    sample = partial(_compression_sample, cfg)
     return split_data(sample, sample, seed, cfg.num_train, cfg.num_test)
 
 
@@ -375,7 +344,7 @@ def generate_compression(cfg: CompressionConfig, seed: int) -> TaskData:
 
 
 @dataclass(frozen=True)
-class MemorizationConfig:
+class MemorizationConfig(KeyValueTokens):
     vocab_size: int = 256  # keys, values and the insert token vocab-1 (MAD baseline 256; varied 512-8192)
     seq_len: int = 32  # tokens per sequence, even: seq_len/2 key-insert pairs (MAD 32)
     num_train: int = 256  # distinct training sequences (MAD 256)
@@ -386,20 +355,15 @@ class MemorizationConfig:
         check_int("seq_len", self.seq_len, 2, limit=MAX_SEQ_LEN)
         if self.seq_len % 2:
             raise TaskConfigError("seq_len", f"got {self.seq_len}, must be even (the sequence is key-insert pairs)")
-        check_int("num_train", self.num_train, 1, limit=MAX_EXAMPLES)
-        check_int("num_test", self.num_test, 1, limit=MAX_EXAMPLES)
+        check_counts(self.num_train, self.num_test)
 
     @property
     def insert(self) -> int:
         return self.vocab_size - 1
 
     @property
-    def num_keys(self) -> int:
-        return (self.vocab_size - 1) // 2
-
-    @property
-    def num_values(self) -> int:
-        return self.vocab_size - 1 - self.num_keys
+    def num_kv_tokens(self) -> int:
+        return self.insert  # every token below the insert token
 
 
 def memorization_map(cfg: MemorizationConfig, seed: int) -> np.ndarray:
@@ -429,78 +393,45 @@ def generate_memorization(cfg: MemorizationConfig, seed: int, table_seed: int | 
 # --- registry entries ----------------------------------------------------------------------------------------
 
 
-class _MADTask:
-    """Shared by the task classes below: `config` plus the registry interface."""
-
-    config: Any
-    name: str
-    config_type: ClassVar[type]
-    generator: ClassVar[Callable[[Any, int], TaskData]]  # the module-level generate_* function
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Any:
-        return cls(config_from_dict(cls.config_type, cls.name, d))
-
-    @property
-    def vocab_size(self) -> int:
-        return self.config.vocab_size
-
-    @property
-    def seq_len(self) -> int:
-        return self.config.seq_len
-
-    def generate(self, seed: int) -> TaskData:
-        return type(self).generator(self.config, seed)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, **asdict(self.config)}
-
-
 @dataclass(frozen=True)
-class InContextRecallTask(_MADTask):
+class InContextRecallTask(ConfigTask):
     config: RecallConfig = RecallConfig()
     name: str = "in_context_recall"
-    config_type: ClassVar[type] = RecallConfig
     generator = staticmethod(generate_recall)
 
 
 @dataclass(frozen=True)
-class NoisyRecallTask(_MADTask):
+class NoisyRecallTask(ConfigTask):
     config: NoisyRecallConfig = NoisyRecallConfig()
     name: str = "noisy_in_context_recall"
-    config_type: ClassVar[type] = NoisyRecallConfig
     generator = staticmethod(generate_recall)
 
 
 @dataclass(frozen=True)
-class FuzzyRecallTask(_MADTask):
+class FuzzyRecallTask(ConfigTask):
     config: FuzzyRecallConfig = FuzzyRecallConfig()
     name: str = "fuzzy_in_context_recall"
-    config_type: ClassVar[type] = FuzzyRecallConfig
     generator = staticmethod(generate_fuzzy_recall)
 
 
 @dataclass(frozen=True)
-class SelectiveCopyingTask(_MADTask):
+class SelectiveCopyingTask(ConfigTask):
     config: SelectiveCopyingConfig = SelectiveCopyingConfig()
     name: str = "selective_copying"
-    config_type: ClassVar[type] = SelectiveCopyingConfig
     generator = staticmethod(generate_selective_copying)
 
 
 @dataclass(frozen=True)
-class CompressionTask(_MADTask):
+class CompressionTask(ConfigTask):
     config: CompressionConfig = CompressionConfig()
     name: str = "compression"
-    config_type: ClassVar[type] = CompressionConfig
     generator = staticmethod(generate_compression)
 
 
 @dataclass(frozen=True)
-class MemorizationTask(_MADTask):
+class MemorizationTask(ConfigTask):
     config: MemorizationConfig = MemorizationConfig()
     name: str = "memorization"
-    config_type: ClassVar[type] = MemorizationConfig
     generator = staticmethod(generate_memorization)
 
     def generate_fresh(self, trained_seed: int, fresh_seed: int) -> TaskData:

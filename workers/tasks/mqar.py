@@ -21,20 +21,22 @@ explicitly override it. The presets are the ICLR 2024 Zoology figure-2 sweep
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
 
 from hybridnas.workers.tasks import (
     IGNORE_INDEX,
-    MAX_EXAMPLES,
     MAX_SEQ_LEN,
     MAX_VOCAB,
+    ConfigTask,
+    KeyValueTokens,
     TaskConfigError,
     TaskData,
+    check_counts,
     check_int,
-    config_from_dict,
     split_data,
 )
 
@@ -74,7 +76,7 @@ MQAR_PRESETS: dict[str, dict[str, Any]] = {
 
 
 @dataclass(frozen=True)
-class MQARConfig:
+class MQARConfig(KeyValueTokens):
     """MQAR sizes. A size left as None comes from `preset`, else from MQAR_DEFAULTS (the value in
     brackets below), so every size is an int once the config exists."""
 
@@ -98,20 +100,15 @@ class MQARConfig:
         check_int("vocab_size", self.vocab_size, 4 * self.num_kv_pairs + 1, limit=MAX_VOCAB)
         # Context (2 per pair) plus one query slot per pair, queries two tokens apart.
         check_int("seq_len", self.seq_len, 4 * self.num_kv_pairs, limit=MAX_SEQ_LEN)
-        check_int("num_train", self.num_train, 1, limit=MAX_EXAMPLES)
-        check_int("num_test", self.num_test, 1, limit=MAX_EXAMPLES)
+        check_counts(self.num_train, self.num_test)
         a = self.power_a
         if not isinstance(a, (int, float)) or isinstance(a, bool) or not 0 < a <= 1:
             raise TaskConfigError("power_a", f"got {a!r}, must be a number in (0, 1]")
         object.__setattr__(self, "power_a", float(a))
 
     @property
-    def num_keys(self) -> int:
-        return (self.vocab_size - 1) // 2
-
-    @property
-    def num_values(self) -> int:
-        return self.vocab_size - 1 - self.num_keys
+    def num_kv_tokens(self) -> int:
+        return self.vocab_size - 1  # every token but the pad
 
     @property
     def num_slots(self) -> int:
@@ -170,40 +167,23 @@ def generate_mqar(cfg: MQARConfig, seed: int) -> TaskData:
     The test set is drawn from its own stream, so it does not change with `num_train`; training
     sequences that also occur in the test set are dropped and replaced.
     """
-
-    def sample(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
-        return _sample(cfg, rng, n)
-
+    sample = partial(_sample, cfg)
     return split_data(sample, sample, seed, cfg.num_train, cfg.num_test)
 
 
 @dataclass(frozen=True)
-class MQARTask:
+class MQARTask(ConfigTask):
     """The registry entry for MQAR: `make_task({"name": "mqar", ...})` returns one."""
 
-    config: MQARConfig
+    config: MQARConfig = MQARConfig()
     name: str = "mqar"
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> MQARTask:
-        return cls(config_from_dict(MQARConfig, "mqar", d))
-
-    @property
-    def vocab_size(self) -> int:
-        return self.config.vocab_size
-
-    @property
-    def seq_len(self) -> int:
-        return self.config.seq_len
-
-    def generate(self, seed: int) -> TaskData:
-        return generate_mqar(self.config, seed)
+    generator = staticmethod(generate_mqar)
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self.config)
+        d = super().to_dict()
         if d["preset"] is None:
             del d["preset"]  # the dict of a preset-free config is unchanged from before presets existed
-        return {"name": self.name, **d}
+        return d
 
 
 __all__ = ["MQAR_DEFAULTS", "MQAR_PRESETS", "PAD", "MQARConfig", "MQARTask", "generate_mqar"]
