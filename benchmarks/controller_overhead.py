@@ -24,7 +24,6 @@ import statistics
 import sys
 import tempfile
 import time
-from collections import deque
 from pathlib import Path
 
 from hybridnas.search.campaign import parse_campaign
@@ -32,7 +31,8 @@ from hybridnas.search.controller import Controller, Event
 from hybridnas.search.strategies import STRATEGIES
 from hybridnas.space import ArchSpec
 from hybridnas.store import Store
-from hybridnas.workers import EvalRequest, EvalResult, Executor
+from hybridnas.workers import EvalResult
+from hybridnas.workers.executor import QueueExecutor
 from hybridnas.workers.hardware import cpu_model
 
 TARGET_MS = 20.0  # per-evaluation controller cost the project aims to stay under
@@ -51,16 +51,12 @@ SPACE = {
 }
 
 
-class SyntheticExecutor(Executor):
+class SyntheticExecutor(QueueExecutor):
     """Answers each request at once: accuracy and costs are fixed functions of the design's hash."""
 
     def __init__(self) -> None:
-        self.capacity = 1
-        self._queue: deque[EvalRequest] = deque()
+        super().__init__(capacity=1)
         self._host = socket.gethostname()
-
-    def submit(self, request: EvalRequest) -> None:
-        self._queue.append(request)
 
     def wait(self, timeout: float | None = None) -> list[EvalResult]:
         out = []
@@ -76,13 +72,6 @@ class SyntheticExecutor(Executor):
             }
             out.append(EvalResult(r.evaluation_id, "done", metrics, None, self._host, "synthetic", 0.0))
         return out
-
-    @property
-    def in_flight(self) -> int:
-        return len(self._queue)
-
-    def close(self) -> None:
-        self._queue.clear()
 
 
 def measure(strategy: str, evaluations: int, workdir: Path) -> tuple[list[float], list[float]]:

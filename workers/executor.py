@@ -59,18 +59,14 @@ class Executor(ABC):
         self.close()
 
 
-class InProcessExecutor(Executor):
-    """Runs requests one at a time in the calling process, inside `wait`.
+class QueueExecutor(Executor):
+    """An executor that answers in the calling process: `submit` queues the request, and the
+    subclass's `wait` answers from the queue."""
 
-    A run cannot be interrupted from here, so `timeout` does not cut one short: each `wait` runs
-    exactly one queued request (its own `timeout_s` still bounds its training).
-    """
-
-    def __init__(self, capacity: int = 1, device: torch.device | str | None = None) -> None:
+    def __init__(self, capacity: int = 1) -> None:
         if not isinstance(capacity, int) or isinstance(capacity, bool) or capacity < 1:
             raise ValueError(f"capacity: got {capacity!r}, must be an integer >= 1")
         self.capacity = capacity
-        self._device = device
         self._queue: deque[EvalRequest] = deque()
         self._closed = False
 
@@ -79,11 +75,6 @@ class InProcessExecutor(Executor):
             raise RuntimeError("submit: the executor is closed")
         self._queue.append(request)
 
-    def wait(self, timeout: float | None = None) -> list[EvalResult]:
-        if not self._queue:
-            return []
-        return [replace(evaluate(self._queue.popleft(), self._device), worker=inprocess_worker())]
-
     @property
     def in_flight(self) -> int:
         return len(self._queue)
@@ -91,6 +82,23 @@ class InProcessExecutor(Executor):
     def close(self) -> None:
         self._queue.clear()
         self._closed = True
+
+
+class InProcessExecutor(QueueExecutor):
+    """Runs requests one at a time in the calling process, inside `wait`.
+
+    A run cannot be interrupted from here, so `timeout` does not cut one short: each `wait` runs
+    exactly one queued request (its own `timeout_s` still bounds its training).
+    """
+
+    def __init__(self, capacity: int = 1, device: torch.device | str | None = None) -> None:
+        super().__init__(capacity)
+        self._device = device
+
+    def wait(self, timeout: float | None = None) -> list[EvalResult]:
+        if not self._queue:
+            return []
+        return [replace(evaluate(self._queue.popleft(), self._device), worker=inprocess_worker())]
 
 
 def inprocess_worker() -> str:

@@ -26,14 +26,13 @@ import dataclasses
 import gzip
 import json
 import socket
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hybridnas.space import ArchSpec
 from hybridnas.workers.evaluate import EvalRequest, EvalResult
-from hybridnas.workers.executor import Executor
+from hybridnas.workers.executor import QueueExecutor
 
 #: The `format` field of a table file; `TABLE_VERSION` is bumped when its layout changes.
 TABLE_FORMAT = "hybridnas-tabular-benchmark"
@@ -175,7 +174,7 @@ class Table:
         return None
 
 
-class ReplayExecutor(Executor):
+class ReplayExecutor(QueueExecutor):
     """Answers every request from a table at once; `wait` returns all submitted results.
 
     See the module docstring for the lookup rules. The results carry the recorded metrics, status,
@@ -184,13 +183,9 @@ class ReplayExecutor(Executor):
     """
 
     def __init__(self, table_path: str | Path, capacity: int = 1) -> None:
-        if not isinstance(capacity, int) or isinstance(capacity, bool) or capacity < 1:
-            raise ValueError(f"capacity: got {capacity!r}, must be an integer >= 1")
-        self.capacity = capacity
+        super().__init__(capacity)
         self.table = Table.load(table_path)
         self._host = socket.gethostname()
-        self._queue: deque[EvalRequest] = deque()
-        self._closed = False
         self.answered = 0  # requests answered from the table
         self.refused = 0  # requests answered with a lookup failure
 
@@ -228,23 +223,10 @@ class ReplayExecutor(Executor):
             wall_time_s=record.wall_time_s,
         )
 
-    def submit(self, request: EvalRequest) -> None:
-        if self._closed:
-            raise RuntimeError("submit: the executor is closed")
-        self._queue.append(request)
-
     def wait(self, timeout: float | None = None) -> list[EvalResult]:
         out = [self.answer(r) for r in self._queue]
         self._queue.clear()
         return out
-
-    @property
-    def in_flight(self) -> int:
-        return len(self._queue)
-
-    def close(self) -> None:
-        self._queue.clear()
-        self._closed = True
 
 
 __all__ = [
