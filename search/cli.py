@@ -27,7 +27,7 @@ from hybridnas.search.controller import Controller, Event, LeaseLost, RunSummary
 from hybridnas.search.api import executor_for
 from hybridnas.workers import EXECUTORS, Executor
 from hybridnas.search.export import export_candidate
-from hybridnas.store import CampaignBusy, Store, StoreError
+from hybridnas.store import CampaignBusy, CampaignInfo, Store, StoreError
 from hybridnas.store.cli import (
     FormatOption,
     OutputFormat,
@@ -62,15 +62,28 @@ def _open_for_writing(url: str | None, create: bool = True) -> Store:
         store_failure(e)
 
 
-def _executor(campaign: Campaign, kind: str | None, workers: int | None, address: str | None) -> Executor:
-    """The executor the campaign runs on, with command-line overrides; bad options are usage errors."""
+def _check_executor(kind: str | None) -> None:
     if kind is not None and kind not in EXECUTORS:
         fail(f"--executor: {kind!r} is not allowed; allowed: {', '.join(EXECUTORS)}")
+
+
+def _executor(campaign: Campaign, kind: str | None, workers: int | None, address: str | None) -> Executor:
+    """The executor the campaign runs on, with command-line overrides; bad options are usage errors."""
+    _check_executor(kind)
     try:
         return executor_for(campaign, kind, workers, address)
     except (ValueError, OSError) as e:
         fail(f"--executor/--address/execution: {e}")
         raise
+
+
+def _campaign(store: Store, name: str | None) -> CampaignInfo:
+    """The named campaign (the most recent when None); one the store does not hold is exit 2."""
+    try:
+        return store.get_campaign(name)
+    except LookupError as e:
+        fail(str(e))
+        raise  # unreachable; keeps type checkers quiet
 
 
 def _load(file: Path, size_check: bool = True, **overrides: object) -> Campaign:
@@ -190,19 +203,15 @@ def launch(
     no_size_check: bool = typer.Option(False, "--no-size-check", help=_NO_SIZE_CHECK_HELP),
 ) -> None:
     """Validate FILE, create the campaign in the store, and run it to its budget."""
-    if executor is not None and executor not in EXECUTORS:
-        fail(f"--executor: {executor!r} is not allowed; allowed: {', '.join(EXECUTORS)}")
+    _check_executor(executor)
     campaign = _load(file, size_check=not no_size_check, name=name)
-    st = _open_for_writing(store)
-    try:
+    with _open_for_writing(store) as st:
         if st.campaign_exists(campaign.name):
             fail(f"name: campaign {campaign.name!r} already exists in {st.url}; resume it with "
                  f"`hybridnas campaign resume {campaign.name}` or pick another name with --name")
         ex = _executor(campaign, executor, workers, address)  # a bad option fails before the campaign is created
         campaign_id = st.create_campaign(campaign.name, campaign.config(), campaign.file.seed)
         _run(st, campaign, campaign_id, ex, None if no_export else export_dir)
-    finally:
-        st.close()
 
 
 @campaign_app.command("resume")
@@ -217,14 +226,9 @@ def resume(
     force: bool = typer.Option(False, "--force", help="Take the campaign over even if another controller's lease looks live."),
 ) -> None:
     """Continue a stopped or interrupted campaign: recorded results are kept, unfinished ones run again."""
-    if executor is not None and executor not in EXECUTORS:
-        fail(f"--executor: {executor!r} is not allowed; allowed: {', '.join(EXECUTORS)}")
-    st = _open_for_writing(store, create=False)
-    try:
-        try:
-            info = st.get_campaign(name)
-        except LookupError as e:
-            fail(str(e))
+    _check_executor(executor)
+    with _open_for_writing(store, create=False) as st:
+        info = _campaign(st, name)
         try:
             campaign = parse_campaign(info.config, f"(stored config of {info.name})")
         except CampaignFileError as e:
@@ -233,8 +237,6 @@ def resume(
             out.print(f"{info.name} is finished: nothing left to run")
             return
         _run(st, campaign, info.id, _executor(campaign, executor, workers, address), None if no_export else export_dir, force)
-    finally:
-        st.close()
 
 
 def _budget_left(store: Store, campaign_id: int, campaign: Campaign) -> bool:
@@ -250,12 +252,8 @@ def stop(
     wait: float = typer.Option(0.0, "--wait", min=0, help="Seconds to wait for the controller to hand its work back."),
 ) -> None:
     """Ask a running campaign to end cleanly: in-flight evaluations go back to the queue for `resume`."""
-    st = _open_for_writing(store, create=False)
-    try:
-        try:
-            info = st.get_campaign(name)
-        except LookupError as e:
-            fail(str(e))
+    with _open_for_writing(store, create=False) as st:
+        info = _campaign(st, name)
         if info.status in ("finished", "failed", "stopped") and info.lease_owner is None:
             out.print(f"{info.name} is {info.status} already; nothing to stop")
             return
@@ -274,8 +272,6 @@ def stop(
             time.sleep(0.5)
         if wait:
             fail(f"{info.name}: the controller has not stopped after {wait:g}s; it stops after its current evaluation", code=1)
-    finally:
-        st.close()
 
 
 @campaign_app.command("validate")
@@ -304,11 +300,8 @@ def validate(
 @campaign_app.command("list")
 def list_(store: StoreOption = None, fmt: FormatOption = OutputFormat.table) -> None:
     """All campaigns in the store."""
-    st = open_store(store)
-    try:
+    with open_store(store) as st:
         campaign_list(st, fmt)
-    finally:
-        st.close()
 
 
 @campaign_app.command("show")
@@ -318,11 +311,8 @@ def show(
     fmt: FormatOption = OutputFormat.table,
 ) -> None:
     """One campaign: its status, counts and configuration."""
-    st = open_store(store)
-    try:
+    with open_store(store) as st:
         campaign_show(st, name, fmt)
-    finally:
-        st.close()
 
 
 def export_command(
@@ -332,15 +322,12 @@ def export_command(
     name: Optional[str] = typer.Option(None, "--name", help="Module name (modeling_<name>.py)."),
 ) -> None:
     """Export a candidate as a standalone module: modeling_<name>.py, config.json, model.safetensors."""
-    st = open_store(store)
-    try:
+    with open_store(store) as st:
         try:
             path = export_candidate(st, candidate_id, out_dir, name)
         except (LookupError, ValueError) as e:
             fail(str(e))
         out.print(f"exported candidate {candidate_id} to {path}")
-    finally:
-        st.close()
 
 
 def evaluate_command(

@@ -257,6 +257,26 @@ def _board_objectives(info: CampaignInfo, metric: str, direction: str) -> list[t
     return [(metric, direction), *((m, d) for m, d in campaign_objectives(info.config) if m != metric)]
 
 
+def _emit_board(
+    store: Store,
+    info: CampaignInfo,
+    rows: list[dict[str, Any]],
+    objectives: list[tuple[str, str]],
+    title: str,
+    fmt: str | OutputFormat,
+    task: str | None = None,
+    all_columns: bool = False,
+) -> None:
+    """Ranked rows (leaderboard, Pareto front): the table a person reads, each objective as mean ±
+    seed spread; with `all_columns`, JSON or CSV, every column."""
+    if check_format(fmt) is OutputFormat.table and not all_columns:
+        spreads = _spreads(store, info.id, [m for m, _ in objectives], rows, task)
+        console = _console()
+        console.print(leaderboard_table(rows, objectives, spreads, title=title, width=console.width))
+        return
+    emit(rows, fmt, title=title, columns=ROW_KEYS)
+
+
 def _best_text(info: CampaignInfo) -> str:
     b = info.best
     if not b:
@@ -326,9 +346,7 @@ def campaign_show(store: Store, name: str | None, fmt: str | OutputFormat = Outp
     if info.best is not None:  # the objective metric has been recorded
         top = store.leaderboard(info.id, metric=info.metric, direction=info.direction, limit=5)
         objectives = _board_objectives(info, info.metric, info.direction)
-        spreads = _spreads(store, info.id, [m for m, _ in objectives], top, None)
-        console = _console()
-        console.print(leaderboard_table(top, objectives, spreads, title=f"top {len(top)} by {info.metric}", width=console.width))
+        _emit_board(store, info, top, objectives, f"top {len(top)} by {info.metric}", OutputFormat.table)
 
 
 def print_leaderboard(
@@ -361,13 +379,7 @@ def print_leaderboard(
     except ValueError as e:
         raise typer.BadParameter(str(e), param_hint="'--metric'") from None
     title = f"{info.name}: leaderboard by {metric} ({direction})"
-    if fmt is OutputFormat.table and not all_columns:
-        objectives = _board_objectives(info, metric, direction)
-        spreads = _spreads(store, info.id, [m for m, _ in objectives], rows, task)
-        console = _console()
-        console.print(leaderboard_table(rows, objectives, spreads, title=title, width=console.width))
-        return
-    emit(rows, fmt, title=title, columns=ROW_KEYS)
+    _emit_board(store, info, rows, _board_objectives(info, metric, direction), title, fmt, task, all_columns)
 
 
 # --- query commands ------------------------------------------------------------------------------
@@ -424,12 +436,7 @@ def pareto_cmd(
         except ValueError as e:
             raise typer.BadParameter(str(e), param_hint="'--objective'") from None
         title = f"{info.name}: Pareto front of " + ", ".join(f"{m} ({d})" for m, d in objs)
-        if check_format(fmt) is OutputFormat.table and not all_columns:
-            spreads = _spreads(store, info.id, [m for m, _ in objs], rows, task)
-            console = _console()
-            console.print(leaderboard_table(rows, objs, spreads, title=title, width=console.width))
-            return
-        emit(rows, fmt, title=title, columns=ROW_KEYS)
+        _emit_board(store, info, rows, objs, title, fmt, task, all_columns)
 
 
 @query_app.command("lineage")
