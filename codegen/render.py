@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import functools
 import hashlib
 import importlib
 import inspect
@@ -363,7 +364,8 @@ def _parts(classes: tuple[type, ...]) -> _Parts:
     return _Parts(kernels, blocks, mixers, imports, tuple(entry_points), tuple(aliases))
 
 
-def _environment() -> jinja2.Environment:
+@functools.cache
+def _env() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("hybridnas.codegen", "templates"),
         undefined=jinja2.StrictUndefined,
@@ -377,16 +379,6 @@ def _environment() -> jinja2.Environment:
         lit=lit, name=name, ident=ident, hexdigest=hexdigest, spec_json=spec_json, source=source, options_dict=options_dict
     )
     return env
-
-
-_ENV: jinja2.Environment | None = None
-
-
-def _env() -> jinja2.Environment:
-    global _ENV
-    if _ENV is None:
-        _ENV = _environment()
-    return _ENV
 
 
 def _revalidate(spec: Any) -> ArchSpec:

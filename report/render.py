@@ -6,6 +6,7 @@ opens offline and can be mailed or archived as one file.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
 from datetime import datetime, timezone
@@ -161,7 +162,8 @@ def group_rows(groups: list[tuple[str, list[Entry]]]) -> list[tuple[str, int, fl
 # --- the page --------------------------------------------------------------------------------------
 
 
-def _environment() -> jinja2.Environment:
+@functools.cache
+def _env() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("hybridnas.report", "templates"),
         undefined=jinja2.StrictUndefined,
@@ -171,16 +173,6 @@ def _environment() -> jinja2.Environment:
     )
     env.filters.update(num=fmt_num, count=fmt_count, bytes=fmt_bytes, pm=fmt_pm)
     return env
-
-
-_ENV: jinja2.Environment | None = None
-
-
-def _env() -> jinja2.Environment:
-    global _ENV
-    if _ENV is None:
-        _ENV = _environment()
-    return _ENV
 
 
 def _version() -> str:
