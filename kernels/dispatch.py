@@ -143,6 +143,19 @@ def check_recurrence_inputs(
             raise ValueError(f"{name}: expected device {q.device} like q, got {x.device}")
 
 
+#: primitive -> backend -> its PyTorch implementation (the Triton one comes from `_load_triton`).
+_TORCH_IMPLEMENTATIONS: dict[str, dict[str, Callable[..., Any]]] = {
+    "gla": {"naive": naive_gated_linear_attention, "chunk": chunk_gated_linear_attention},
+    "delta": {"naive": naive_gated_delta_rule, "chunk": chunk_gated_delta_rule},
+}
+
+
+def _implementation(primitive: str, backend: str, q: torch.Tensor, v: torch.Tensor) -> Callable[..., Any]:
+    """The function that runs `primitive` on the backend `backend` means for q's device, dtype and head dims."""
+    name = resolve_backend(backend, q.device, q.dtype, (q.shape[-1], v.shape[-1]))
+    return _load_triton(primitive) if name == "triton" else _TORCH_IMPLEMENTATIONS[primitive][name]
+
+
 def gated_linear_attention(
     q: torch.Tensor,  # [B, T, H, K]
     k: torch.Tensor,  # [B, T, H, K]
@@ -160,10 +173,7 @@ def gated_linear_attention(
     inputs) when output_final_state, else None.
     """
     check_recurrence_inputs(q, k, v, None, g, gk, initial_state)
-    name = resolve_backend(backend, q.device, q.dtype, (q.shape[-1], v.shape[-1]))
-    fn = {"naive": naive_gated_linear_attention, "chunk": chunk_gated_linear_attention}.get(name)
-    if fn is None:
-        fn = _load_triton("gla")
+    fn = _implementation("gla", backend, q, v)
     return fn(q, k, v, g=g, gk=gk, scale=scale, initial_state=initial_state, output_final_state=output_final_state)
 
 
@@ -181,16 +191,12 @@ def gated_delta_rule(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """S' = diag(alpha_t) S_{t-1} ; S_t = S' + beta_t k_t (v_t - S'^T k_t)^T ; o_t = scale * S_t^T q_t.
 
-    Returns o [B, T, H, V] in q's dtype and the final state [B, H, K, V] (float32 for half/bf16
-    inputs) when output_final_state, else None.
+    Returns what `gated_linear_attention` returns.
     """
     if beta is None:
         raise ValueError("beta: required, a tensor [B, T, H]")
     check_recurrence_inputs(q, k, v, beta, g, gk, initial_state)
-    name = resolve_backend(backend, q.device, q.dtype, (q.shape[-1], v.shape[-1]))
-    fn = {"naive": naive_gated_delta_rule, "chunk": chunk_gated_delta_rule}.get(name)
-    if fn is None:
-        fn = _load_triton("delta")
+    fn = _implementation("delta", backend, q, v)
     return fn(
         q, k, v, beta, g=g, gk=gk, scale=scale, initial_state=initial_state, output_final_state=output_final_state
     )

@@ -22,17 +22,36 @@ def _decay(g: torch.Tensor | None, gk: torch.Tensor | None, t: int) -> torch.Ten
     return None
 
 
-def _start(
-    q: torch.Tensor, v: torch.Tensor, scale: float | None, initial_state: torch.Tensor | None
-) -> tuple[torch.dtype, float, torch.Tensor]:
+def _recurrence(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor | None, g: torch.Tensor | None,
+    gk: torch.Tensor | None, scale: float | None, initial_state: torch.Tensor | None, output_final_state: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Both primitives, token by token: the state decays, then takes k_t times the write, which is
+    v_t (beta None: gated linear attention) or the delta beta_t (v_t - S'^T k_t)."""
     B, _, H, K = q.shape
     acc = accumulation_dtype(q.dtype)
     scale = K**-0.5 if scale is None else scale
-    if initial_state is None:
-        state = q.new_zeros(B, H, K, v.shape[-1], dtype=acc)
-    else:
-        state = initial_state.to(acc)
-    return acc, scale, state
+    S = q.new_zeros(B, H, K, v.shape[-1], dtype=acc) if initial_state is None else initial_state.to(acc)
+    dtype = q.dtype
+    q, k, v = q.to(acc), k.to(acc), v.to(acc)
+    beta = None if beta is None else beta.to(acc)
+    g = None if g is None else g.to(acc)
+    gk = None if gk is None else gk.to(acc)
+    outs = []
+    for t in range(q.shape[1]):
+        alpha = _decay(g, gk, t)
+        if alpha is not None:
+            S = alpha * S
+        kt = k[:, t, :, :, None]  # [B, H, K, 1]
+        if beta is None:
+            write = v[:, t]  # [B, H, V]
+        else:
+            recalled = (kt * S).sum(-2)  # S'^T k_t: [B, H, V]
+            write = beta[:, t, :, None] * (v[:, t] - recalled)  # [B, H, V]
+        S = S + kt * write[:, :, None, :]  # [B, H, K, V]
+        outs.append(scale * (q[:, t, :, :, None] * S).sum(-2))  # [B, H, V]
+    o = torch.stack(outs, dim=1) if outs else v.new_zeros(v.shape)
+    return o.to(dtype), (S if output_final_state else None)
 
 
 def naive_gated_linear_attention(
@@ -46,20 +65,7 @@ def naive_gated_linear_attention(
     output_final_state: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """S_t = diag(alpha_t) S_{t-1} + k_t v_t^T ;  o_t = scale * S_t^T q_t."""
-    acc, scale, S = _start(q, v, scale, initial_state)
-    dtype = q.dtype
-    q, k, v = q.to(acc), k.to(acc), v.to(acc)
-    g = None if g is None else g.to(acc)
-    gk = None if gk is None else gk.to(acc)
-    outs = []
-    for t in range(q.shape[1]):
-        alpha = _decay(g, gk, t)
-        if alpha is not None:
-            S = alpha * S
-        S = S + k[:, t, :, :, None] * v[:, t, :, None, :]  # [B, H, K, V]
-        outs.append(scale * (q[:, t, :, :, None] * S).sum(-2))  # [B, H, V]
-    o = torch.stack(outs, dim=1) if outs else v.new_zeros(v.shape)
-    return o.to(dtype), (S if output_final_state else None)
+    return _recurrence(q, k, v, None, g, gk, scale, initial_state, output_final_state)
 
 
 def naive_gated_delta_rule(
@@ -74,20 +80,4 @@ def naive_gated_delta_rule(
     output_final_state: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """S' = diag(alpha_t) S_{t-1} ; S_t = S' + beta_t k_t (v_t - S'^T k_t)^T ; o_t = scale * S_t^T q_t."""
-    acc, scale, S = _start(q, v, scale, initial_state)
-    dtype = q.dtype
-    q, k, v, beta = q.to(acc), k.to(acc), v.to(acc), beta.to(acc)
-    g = None if g is None else g.to(acc)
-    gk = None if gk is None else gk.to(acc)
-    outs = []
-    for t in range(q.shape[1]):
-        alpha = _decay(g, gk, t)
-        if alpha is not None:
-            S = alpha * S
-        kt = k[:, t, :, :, None]  # [B, H, K, 1]
-        recalled = (kt * S).sum(-2)  # S'^T k_t: [B, H, V]
-        delta = beta[:, t, :, None] * (v[:, t] - recalled)  # [B, H, V]
-        S = S + kt * delta[:, :, None, :]
-        outs.append(scale * (q[:, t, :, :, None] * S).sum(-2))  # [B, H, V]
-    o = torch.stack(outs, dim=1) if outs else v.new_zeros(v.shape)
-    return o.to(dtype), (S if output_final_state else None)
+    return _recurrence(q, k, v, beta, g, gk, scale, initial_state, output_final_state)
