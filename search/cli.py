@@ -27,7 +27,7 @@ from hybridnas.search.controller import Controller, Event, LeaseLost, RunSummary
 from hybridnas.search.api import executor_for
 from hybridnas.workers import EXECUTORS, Executor
 from hybridnas.search.export import export_candidate
-from hybridnas.store import CampaignBusy, CampaignInfo, Store, StoreError
+from hybridnas.store import CampaignBusy, CampaignInfo, Store
 from hybridnas.store.cli import (
     FormatOption,
     OutputFormat,

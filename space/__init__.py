@@ -5,11 +5,10 @@ from __future__ import annotations
 from hybridnas.space.cost import CostEstimate, estimate_cost
 from hybridnas.space.errors import format_validation_error
 from hybridnas.space.space import HybridChoices, LayerChoices, SearchSpace, SpaceFile
+from hybridnas.mixers.registry import FEATURE_MAPS, GATES
 from hybridnas.space.spec import (
     ALL_LINEAR,
-    FEATURE_MAPS,
     FULL_MIXERS,
-    GATES,
     LINEAR_MIXERS,
     MIXERS,
     MLPS,

@@ -19,11 +19,10 @@ from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from hybridnas.mixers.registry import FEATURE_MAPS, GATES
 from hybridnas.space.spec import (
     ALL_LINEAR,
-    FEATURE_MAPS,
     FULL_MIXERS,
-    GATES,
     LINEAR_MIXERS,
     MIXERS,
     MLPS,

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from hybridnas.mixers import OPTIONS, REGISTRY, MixerDef, OptionError
-from hybridnas.mixers.registry import FEATURE_MAPS, GATES
+from hybridnas.mixers.registry import GATES
 
 # --- registries --------------------------------------------------------------------------------
 

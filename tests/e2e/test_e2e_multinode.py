@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hybridnas.store import EvaluationInfo, Store, StoreError
+from hybridnas.store import EvaluationInfo, Store
 
 BIN = Path(sys.executable).parent  # the venv's `ray` and `hybridnas` commands
 START_TIMEOUT_S = 90

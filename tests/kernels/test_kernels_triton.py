@@ -401,7 +401,6 @@ def _record_launches(monkeypatch: pytest.MonkeyPatch, fn: Callable[[], None]) ->
 
 def _compile(kernel, args: tuple, kwargs: dict) -> int:  # noqa: ANN001
     """Compile one recorded launch for sm_90; returns its shared memory in bytes."""
-    import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
