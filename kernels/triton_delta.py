@@ -32,6 +32,8 @@ from hybridnas.kernels.triton_common import (
     _chunk_rows,
     _dot,
     chunk_bwd_dh,
+    chunk_bwd_dq_dk,
+    chunk_bwd_dqk,
     chunk_fwd_h,
     chunk_fwd_o,
     chunk_local_cumsum,
@@ -101,84 +103,14 @@ def delta_wy_kernel(
 
 @triton.jit
 def delta_bwd_dqk_kernel(
-    Q, Kp, GC, U, DU, HS, DHS, DO, DQ, DKP, DW, DGP, DA, DBP, DLAST, scale, T,
+    Q, Kp, U, GC, DU, HS, DHS, DO, DQ, DKP, DW, DGP, DA, DBP, DLAST, scale, T,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
     BV: tl.constexpr, NV: tl.constexpr, DECAY: tl.constexpr, DT: tl.constexpr,
 ):
-    """One chunk and one slice of BK key channels: everything that does not go through the WY
-    transform. dW = -dU h^T to DW; dq (final, or a float32 partial for a per-channel decay); the
-    k-gradient of the state update and of A to DKP (float32); for a per-head decay this slice's share
-    of dg to DGP; for a per-channel decay scale * dA (slice 0), the partial d(cumulative decay) and
-    the last-row decay gradient to DA, DBP, DLAST."""
-    i_k = tl.program_id(0)
-    i_t = tl.program_id(1)
-    i_bh = tl.program_id(2)
-    NT = tl.cdiv(T, BT)
-    base, o_bt, rows, m_t, tok = _chunk_rows(i_bh, i_t, T, H, BT)
-    o_k, m_k = _block(i_k, BK, K)
-    m_tk = m_t[:, None] & m_k[None, :]
-    p_tk = tok[:, None] * K + o_k[None, :]
-    causal = (o_bt[:, None] >= o_bt[None, :]) & m_t[:, None]
-    last = base + (tl.minimum(T, i_t * BT + BT) - 1) * H  # token row of the chunk's last token
-    b_da = tl.zeros([BT, BT], dtype=tl.float32)  # do U^T
-    b_dq = tl.zeros([BT, BK], dtype=tl.float32)  # do h^T
-    b_dkr = tl.zeros([BT, BK], dtype=tl.float32)  # U dh_out^T
-    b_dw = tl.zeros([BT, BK], dtype=tl.float32)  # -dU h^T
-    b_hdh = tl.zeros([BK], dtype=tl.float32)  # sum_v h * dh_out
-    p_state = (i_bh.to(tl.int64) * NT + i_t) * K * V
-    for i_v in range(0, NV):
-        o_v, m_v = _block(i_v, BV, V)
-        m_tv = m_t[:, None] & m_v[None, :]
-        m_kv = m_k[:, None] & m_v[None, :]
-        p_tv = tok[:, None] * V + o_v[None, :]
-        p_kv = p_state + o_k[:, None] * V + o_v[None, :]
-        b_do = tl.load(DO + p_tv, mask=m_tv, other=0.0).to(tl.float32)  # [BT, BV]
-        b_u = tl.load(U + p_tv, mask=m_tv, other=0.0)
-        b_du = tl.load(DU + p_tv, mask=m_tv, other=0.0)
-        b_h = tl.load(HS + p_kv, mask=m_kv, other=0.0)  # [BK, BV]
-        b_dh = tl.load(DHS + p_kv, mask=m_kv, other=0.0)
-        b_da += _dot(b_do, tl.trans(b_u), DT)
-        b_dq += _dot(b_do, tl.trans(b_h), DT)
-        b_dkr += _dot(b_u, tl.trans(b_dh), DT)
-        b_dw -= _dot(b_du, tl.trans(b_h), DT)
-        if DECAY != 0:
-            b_hdh += tl.sum(b_h * b_dh, axis=1)
-    tl.store(DW + p_tk, b_dw, mask=m_tk)
-    b_da = tl.where(causal, b_da * scale, 0.0)  # gradient of the unscaled A, times scale
-    b_q = tl.load(Q + p_tk, mask=m_tk, other=0.0).to(tl.float32)  # [BT, BK]
-    b_k = tl.load(Kp + p_tk, mask=m_tk, other=0.0).to(tl.float32)
-    b_dq = b_dq * scale
-    if DECAY == 0:
-        b_dq += _dot(b_da, b_k, DT)
-        tl.store(DQ + p_tk, b_dq.to(DQ.dtype.element_ty), mask=m_tk)
-        tl.store(DKP + p_tk, b_dkr + _dot(tl.trans(b_da), b_q, DT), mask=m_tk)
-    elif DECAY == 1:
-        b_g = tl.load(GC + tok, mask=m_t, other=0.0)  # [BT]
-        g_last = tl.load(GC + last)
-        b_dq = b_dq * tl.exp(b_g)[:, None]
-        b_dkr = b_dkr * tl.exp(tl.where(m_t, g_last - b_g, 0.0))[:, None]
-        d_last = tl.exp(g_last) * tl.sum(b_hdh, axis=0) + tl.sum(tl.sum(b_k * b_dkr, axis=1), axis=0)
-        b_da = b_da * tl.exp(tl.where(causal, b_g[:, None] - b_g[None, :], 0.0))
-        b_dq += _dot(b_da, b_k, DT)
-        b_dk = b_dkr + _dot(tl.trans(b_da), b_q, DT)
-        b_db = tl.sum(b_q * b_dq - b_k * b_dk, axis=1)  # [BT]
-        tl.store(DQ + p_tk, b_dq.to(DQ.dtype.element_ty), mask=m_tk)
-        tl.store(DKP + p_tk, b_dk, mask=m_tk)
-        tl.store(DGP + i_k.to(tl.int64) * (tl.num_programs(2) * T) + tok,
-                 tl.cumsum(b_db, axis=0, reverse=True) + d_last, mask=m_t)
-    else:
-        b_g = tl.load(GC + p_tk, mask=m_tk, other=0.0)  # [BT, BK]
-        g_last = tl.load(GC + last * K + o_k, mask=m_k, other=0.0)  # [BK]
-        b_dq = b_dq * tl.exp(b_g)
-        b_dkr = b_dkr * tl.exp(tl.where(m_tk, g_last[None, :] - b_g, 0.0))
-        d_last = tl.exp(g_last) * b_hdh + tl.sum(b_k * b_dkr, axis=0)  # [BK]
-        tl.store(DQ + p_tk, b_dq, mask=m_tk)
-        tl.store(DKP + p_tk, b_dkr, mask=m_tk)
-        tl.store(DBP + p_tk, b_q * b_dq - b_k * b_dkr, mask=m_tk)
-        tl.store(DLAST + (i_bh.to(tl.int64) * NT + i_t) * K + o_k, d_last, mask=m_k)
-        if i_k == 0:
-            p_mat = (i_bh.to(tl.int64) * T + rows)[:, None] * BT + o_bt[None, :]
-            tl.store(DA + p_mat, b_da, mask=m_t[:, None])
+    """chunk_bwd_dqk for the delta rule: everything that does not go through the WY transform, with
+    the pseudo-values U as values; the k-gradient (DKP) and per-head dg shares (DGP) are partials."""
+    chunk_bwd_dqk(Q, Kp, U, GC, DU, HS, DHS, DO, DQ, DKP, DW, DGP, DA, DBP, DLAST, scale, T,
+                  H, K, V, BT, BK, BV, NV, DECAY, True, DT)
 
 
 @triton.jit
@@ -320,26 +252,13 @@ class _ChunkDeltaFunction(torch.autograd.Function):
         fw = _forward(q, k, v, beta, decay, initial_state, cfg)
         gcum, aqk = fw["gcum"], fw["aqk"]
         dhs, dh0, du = chunk_bwd_dh(q, k, gcum, aqk, do, dht, initial_state, scale, cfg, w=fw["w"])
-        dummy = dhs
-        f32 = dict(dtype=torch.float32, device=q.device)
-        dw = empty(k.shape, **f32)  # gradient of W
-        dkp = empty(k.shape, **f32)  # partial dk
-        channel = cfg.decay == DECAY_CHANNEL
-        dq = empty(q.shape, **f32) if channel else empty_like(q)  # a partial for pair bwd if channel
-        dgp = empty((cfg.NK,) + tuple(decay.shape), **f32) if cfg.decay == DECAY_HEAD else dummy
-        if channel:
-            dbp = empty(k.shape, **f32)
-            da = empty((cfg.B * cfg.H, cfg.T, CHUNK), **f32)
-            dl = empty((cfg.B * cfg.H, cfg.T, CHUNK), **f32)
-            dlast = empty((cfg.B * cfg.H, cfg.NT, cfg.K), **f32)
-        else:
-            dbp = da = dl = dlast = dummy
-        gc = gcum if gcum is not None else dummy
-        delta_bwd_dqk_kernel[(cfg.NK, cfg.NT, cfg.B * cfg.H)](
-            q, k, gc, fw["u"], du, fw["hs"], dhs, do, dq, dkp, dw, dgp, da, dbp, dlast, scale, cfg.T,
-            H=cfg.H, K=cfg.K, V=cfg.V, BT=CHUNK, BK=cfg.BKS, BV=cfg.BV, NV=cfg.NV, DECAY=cfg.decay,
-            DT=cfg.dot_dtype, num_warps=cfg.split_warps, num_stages=cfg.num_stages,
+        dq, dkp, dgp, dw, da, dbp, dlast = chunk_bwd_dq_dk(
+            delta_bwd_dqk_kernel, q, k, fw["u"], gcum, fw["hs"], dhs, do, du, scale, cfg
         )
+        dummy = dhs
+        channel = cfg.decay == DECAY_CHANNEL
+        dl = empty((cfg.B * cfg.H, cfg.T, CHUNK), torch.float32, q.device) if channel else dummy
+        gc = gcum if gcum is not None else dummy
         dv = empty_like(v)
         dbeta = empty_like(beta)
         dk = dkp if channel else empty_like(k)

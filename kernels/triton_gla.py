@@ -30,6 +30,8 @@ from hybridnas.kernels.triton_common import (
     _dot,
     check_device,
     chunk_bwd_dh,
+    chunk_bwd_dq_dk,
+    chunk_bwd_dqk,
     chunk_bwd_dv,
     chunk_fwd_h,
     chunk_fwd_o,
@@ -50,83 +52,13 @@ __all__ = [
 
 @triton.jit
 def gla_bwd_kernel(
-    Q, Kp, Vp, GC, HS, DHS, DO, DQ, DK, DG, DA, DBP, DLAST, scale, T,
+    Q, Kp, Vp, GC, DU, HS, DHS, DO, DQ, DK, DW, DG, DA, DBP, DLAST, scale, T,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
     BV: tl.constexpr, NV: tl.constexpr, DECAY: tl.constexpr, DT: tl.constexpr,
 ):
-    """One chunk and one slice of BK key channels: dq, dk (and dg) from the inter-chunk states and
-    the intra-chunk attention gradient dA = do v^T (recomputed per slice, it does not depend on K).
-
-    No / per-head decay: dq, dk final; DG gets this slice's share of dg (summed over slices on the
-    host). Per-channel decay: dq, dk and d(cumulative decay) partials go to DQ, DK, DBP as float32,
-    scale * dA to DA (slice 0 only) and the last-row decay gradient to DLAST, for chunk_pair_bwd."""
-    i_k = tl.program_id(0)
-    i_t = tl.program_id(1)
-    i_bh = tl.program_id(2)
-    NT = tl.cdiv(T, BT)
-    base, o_bt, rows, m_t, tok = _chunk_rows(i_bh, i_t, T, H, BT)
-    o_k, m_k = _block(i_k, BK, K)
-    m_tk = m_t[:, None] & m_k[None, :]
-    p_tk = tok[:, None] * K + o_k[None, :]
-    causal = (o_bt[:, None] >= o_bt[None, :]) & m_t[:, None]
-    last = base + (tl.minimum(T, i_t * BT + BT) - 1) * H  # token row of the chunk's last token
-    b_da = tl.zeros([BT, BT], dtype=tl.float32)  # do v^T
-    b_dq = tl.zeros([BT, BK], dtype=tl.float32)  # do h^T
-    b_dk = tl.zeros([BT, BK], dtype=tl.float32)  # v dh_out^T
-    b_hdh = tl.zeros([BK], dtype=tl.float32)  # sum_v h * dh_out (gradient of exp(b_last))
-    p_state = (i_bh.to(tl.int64) * NT + i_t) * K * V
-    for i_v in range(0, NV):
-        o_v, m_v = _block(i_v, BV, V)
-        m_tv = m_t[:, None] & m_v[None, :]
-        m_kv = m_k[:, None] & m_v[None, :]
-        p_tv = tok[:, None] * V + o_v[None, :]
-        b_v = tl.load(Vp + p_tv, mask=m_tv, other=0.0).to(tl.float32)  # [BT, BV]
-        b_do = tl.load(DO + p_tv, mask=m_tv, other=0.0).to(tl.float32)  # [BT, BV]
-        p_kv = p_state + o_k[:, None] * V + o_v[None, :]
-        b_h = tl.load(HS + p_kv, mask=m_kv, other=0.0)  # [BK, BV] state entering the chunk
-        b_dh = tl.load(DHS + p_kv, mask=m_kv, other=0.0)  # [BK, BV] grad of the state leaving it
-        b_da += _dot(b_do, tl.trans(b_v), DT)
-        b_dq += _dot(b_do, tl.trans(b_h), DT)
-        b_dk += _dot(b_v, tl.trans(b_dh), DT)
-        if DECAY != 0:
-            b_hdh += tl.sum(b_h * b_dh, axis=1)
-    b_da = tl.where(causal, b_da * scale, 0.0)  # gradient w.r.t. the unscaled pair matrix, times scale
-    b_q = tl.load(Q + p_tk, mask=m_tk, other=0.0).to(tl.float32)  # [BT, BK]
-    b_k = tl.load(Kp + p_tk, mask=m_tk, other=0.0).to(tl.float32)  # [BT, BK]
-    b_dq = b_dq * scale
-    if DECAY == 0:
-        b_dq += _dot(b_da, b_k, DT)
-        b_dk += _dot(tl.trans(b_da), b_q, DT)
-        tl.store(DQ + p_tk, b_dq.to(DQ.dtype.element_ty), mask=m_tk)
-        tl.store(DK + p_tk, b_dk.to(DK.dtype.element_ty), mask=m_tk)
-    elif DECAY == 1:
-        b_g = tl.load(GC + tok, mask=m_t, other=0.0)  # [BT]
-        g_last = tl.load(GC + last)
-        b_dq = b_dq * tl.exp(b_g)[:, None]
-        b_dk = b_dk * tl.exp(tl.where(m_t, g_last - b_g, 0.0))[:, None]
-        # d(b_last): exp(b_last) <h, dh_out> plus the k side of the state update
-        d_last = tl.exp(g_last) * tl.sum(b_hdh, axis=0) + tl.sum(tl.sum(b_k * b_dk, axis=1), axis=0)
-        b_da = b_da * tl.exp(tl.where(causal, b_g[:, None] - b_g[None, :], 0.0))
-        b_dq += _dot(b_da, b_k, DT)
-        b_dk += _dot(tl.trans(b_da), b_q, DT)
-        b_db = tl.sum(b_q * b_dq - b_k * b_dk, axis=1)  # [BT]
-        b_dg = tl.cumsum(b_db, axis=0, reverse=True) + d_last
-        tl.store(DQ + p_tk, b_dq.to(DQ.dtype.element_ty), mask=m_tk)
-        tl.store(DK + p_tk, b_dk.to(DK.dtype.element_ty), mask=m_tk)
-        tl.store(DG + i_k.to(tl.int64) * (tl.num_programs(2) * T) + tok, b_dg, mask=m_t)
-    else:
-        b_g = tl.load(GC + p_tk, mask=m_tk, other=0.0)
-        g_last = tl.load(GC + last * K + o_k, mask=m_k, other=0.0)
-        b_dq = b_dq * tl.exp(b_g)
-        b_dk = b_dk * tl.exp(tl.where(m_tk, g_last[None, :] - b_g, 0.0))
-        d_last = tl.exp(g_last) * b_hdh + tl.sum(b_k * b_dk, axis=0)  # [BK]
-        tl.store(DQ + p_tk, b_dq, mask=m_tk)
-        tl.store(DK + p_tk, b_dk, mask=m_tk)
-        tl.store(DBP + p_tk, b_q * b_dq - b_k * b_dk, mask=m_tk)
-        tl.store(DLAST + (i_bh.to(tl.int64) * NT + i_t) * K + o_k, d_last, mask=m_k)
-        if i_k == 0:
-            p_mat = (i_bh.to(tl.int64) * T + rows)[:, None] * BT + o_bt[None, :]
-            tl.store(DA + p_mat, b_da, mask=m_t[:, None])
+    """chunk_bwd_dqk for gated linear attention: values v, no WY transform (DU and DW unused)."""
+    chunk_bwd_dqk(Q, Kp, Vp, GC, DU, HS, DHS, DO, DQ, DK, DW, DG, DA, DBP, DLAST, scale, T,
+                  H, K, V, BT, BK, BV, NV, DECAY, False, DT)
 
 
 def _forward(
@@ -163,26 +95,7 @@ class _ChunkGLAFunction(torch.autograd.Function):
         gcum, aqk, hs, _ = _forward(q, k, v, decay, initial_state, cfg)
         dhs, dh0, _ = chunk_bwd_dh(q, k, gcum, aqk, do, dht, initial_state, scale, cfg)
         dv = chunk_bwd_dv(q, k, gcum, aqk, dhs, do, scale, cfg, v.dtype)
-        dummy = dhs
-        f32 = dict(dtype=torch.float32, device=q.device)
-        if cfg.decay == DECAY_CHANNEL:
-            dq = empty(q.shape, **f32)  # partials, finished by chunk_pair_bwd
-            dk = empty(k.shape, **f32)
-            dbp = empty(k.shape, **f32)
-            da = empty((cfg.B * cfg.H, cfg.T, CHUNK), **f32)
-            dlast = empty((cfg.B * cfg.H, cfg.NT, cfg.K), **f32)
-            dg = dummy
-        else:
-            dq, dk = empty_like(q), empty_like(k)
-            # per-head decay: one dg share per key slice, summed below
-            dg = empty((cfg.NK,) + tuple(decay.shape), **f32) if decay is not None else dummy
-            dbp = da = dlast = dummy
-        gla_bwd_kernel[(cfg.NK, cfg.NT, cfg.B * cfg.H)](
-            q, k, v, gcum if gcum is not None else dummy, hs, dhs, do, dq, dk, dg, da, dbp, dlast,
-            scale, cfg.T,
-            H=cfg.H, K=cfg.K, V=cfg.V, BT=CHUNK, BK=cfg.BKS, BV=cfg.BV, NV=cfg.NV, DECAY=cfg.decay,
-            DT=cfg.dot_dtype, num_warps=cfg.split_warps, num_stages=cfg.num_stages,
-        )
+        dq, dk, dg, _, da, dbp, dlast = chunk_bwd_dq_dk(gla_bwd_kernel, q, k, v, gcum, hs, dhs, do, None, scale, cfg)
         if cfg.decay == DECAY_HEAD:
             dg = dg.sum(0).to(decay.dtype)
         if cfg.decay == DECAY_CHANNEL:
