@@ -46,6 +46,9 @@ __all__ = [
     "check_device",
     "decay_mode",
     "make_config",
+    "chunked",
+    "save_inputs",
+    "output_grads",
     "chunk_local_cumsum",
     "chunk_pair_fwd",
     "chunk_fwd_h",
@@ -53,8 +56,9 @@ __all__ = [
     "chunk_bwd_dh",
     "chunk_bwd_dv",
     "chunk_bwd_dqk",
-    "chunk_bwd_dq_dk",
     "chunk_pair_bwd",
+    "check_step_inputs",
+    "decode_step",
 ]
 
 CHUNK = 64  # tokens per chunk (BT): the intra-chunk attention block is BT x BT
@@ -170,6 +174,39 @@ def make_config(
         num_warps=8 if BK >= 128 else 4, split_warps=8 if BK >= 64 else 4,
         num_stages=1 if q.dtype == torch.float32 else 2,
     )
+
+
+def chunked(
+    function: type[torch.autograd.Function], q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+    beta: torch.Tensor | None, g: torch.Tensor | None, gk: torch.Tensor | None, scale: float | None,
+    initial_state: torch.Tensor | None, output_final_state: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Front of the chunked entry points: the decay (g or gk), the default scale, contiguous inputs,
+    the launch configuration, then `function` (forward(q, k, v, beta, decay, scale, initial_state, cfg))."""
+    mode, decay = decay_mode(g, gk)
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    beta, decay, initial_state = (t.contiguous() if t is not None else None for t in (beta, decay, initial_state))
+    cfg = make_config(q, k, v, decay if mode == DECAY_HEAD else None, decay if mode == DECAY_CHANNEL else None, beta,
+                      initial_state)
+    o, ht = function.apply(q, k, v, beta, decay, scale, initial_state, cfg)
+    return o, (ht if output_final_state else None)
+
+
+def save_inputs(ctx: torch.autograd.function.FunctionCtx, cfg: ChunkConfig, scale: float, *inputs: torch.Tensor | None) -> None:
+    """Keep what the backward recomputes the forward from."""
+    ctx.save_for_backward(*inputs)
+    ctx.cfg = cfg
+    ctx.scale = scale
+    ctx.set_materialize_grads(False)  # an unused final state gives dht = None, not zeros
+
+
+def output_grads(
+    do: torch.Tensor | None, dht: torch.Tensor | None, v: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The gradients w.r.t. (o, final state), contiguous; an unused o gives zeros."""
+    do = do.contiguous() if do is not None else torch.zeros(v.shape, dtype=v.dtype, device=v.device)
+    return do, (dht.contiguous() if dht is not None else None)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -632,7 +669,7 @@ def chunk_bwd_dv(
 
 
 @triton.jit
-def chunk_bwd_dqk(
+def _bwd_dqk(
     Q, Kp, Vp, GC, DU, HS, DHS, DO, DQ, DK, DW, DG, DA, DBP, DLAST, scale, T,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
     BV: tl.constexpr, NV: tl.constexpr, DECAY: tl.constexpr, DELTA: tl.constexpr, DT: tl.constexpr,
@@ -722,7 +759,7 @@ def chunk_bwd_dqk(
             tl.store(DA + p_mat, b_da, mask=m_t[:, None])
 
 
-def chunk_bwd_dq_dk(
+def chunk_bwd_dqk(
     kernel: triton.JITFunction, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gcum: torch.Tensor | None,
     hs: torch.Tensor, dhs: torch.Tensor, do: torch.Tensor, du: torch.Tensor | None, scale: float, cfg: ChunkConfig,
 ) -> tuple[torch.Tensor, ...]:
@@ -884,3 +921,93 @@ def chunk_pair_bwd(
         num_warps=cfg.split_warps, num_stages=cfg.num_stages,
     )
     return dq, dk, dg
+
+
+# --------------------------------------------------------------------------------------------------
+# decode step
+
+
+@triton.jit
+def _step(
+    Q, Kp, Vp, BETA, G, S, O, SN, scale,
+    K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DECAY: tl.constexpr,
+    DELTA: tl.constexpr,
+):
+    """Body of gla_step_kernel and delta_step_kernel: one token for one (value block, batch*head).
+    S' = alpha S; S = S' + k w^T, the write w being v, or beta (v - S'^T k) for the delta rule (DELTA);
+    o = scale S^T q."""
+    i_v = tl.program_id(0)
+    i_bh = tl.program_id(1).to(tl.int64)
+    o_k, m_k = _block(0, BK, K)
+    o_v, m_v = _block(i_v, BV, V)
+    m_kv = m_k[:, None] & m_v[None, :]
+    p_kv = i_bh * K * V + o_k[:, None] * V + o_v[None, :]
+    b_s = tl.load(S + p_kv, mask=m_kv, other=0.0).to(tl.float32)  # [BK, BV]
+    b_q = tl.load(Q + i_bh * K + o_k, mask=m_k, other=0.0).to(tl.float32)
+    b_k = tl.load(Kp + i_bh * K + o_k, mask=m_k, other=0.0).to(tl.float32)
+    b_w = tl.load(Vp + i_bh * V + o_v, mask=m_v, other=0.0).to(tl.float32)  # [BV] the write
+    if DECAY == 1:
+        b_s = b_s * tl.exp(tl.load(G + i_bh).to(tl.float32))
+    elif DECAY == 2:
+        b_s = b_s * tl.exp(tl.load(G + i_bh * K + o_k, mask=m_k, other=0.0).to(tl.float32))[:, None]
+    if DELTA:
+        b_beta = tl.load(BETA + i_bh).to(tl.float32)
+        b_w = b_beta * (b_w - tl.sum(b_s * b_k[:, None], axis=0))
+    b_s += b_k[:, None] * b_w[None, :]
+    b_o = scale * tl.sum(b_s * b_q[:, None], axis=0)  # [BV]
+    tl.store(SN + p_kv, b_s.to(SN.dtype.element_ty), mask=m_kv)
+    tl.store(O + i_bh * V + o_v, b_o.to(O.dtype.element_ty), mask=m_v)
+
+
+def check_step_inputs(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: torch.Tensor, g: torch.Tensor | None,
+    gk: torch.Tensor | None, beta: torch.Tensor | None,
+) -> tuple[int, torch.Tensor | None]:
+    """Validate one-token inputs (q, k [B, H, K], v [B, H, V], state [B, H, K, V]); returns the decay."""
+    if q.dim() != 3 or k.shape != q.shape:
+        raise ValueError(f"q and k must both be [B, H, K]; got q {tuple(q.shape)}, k {tuple(k.shape)}")
+    B, H, K = q.shape
+    if v.dim() != 3 or v.shape[:2] != (B, H):
+        raise ValueError(f"v must be [B, H, V] = [{B}, {H}, V]; got {tuple(v.shape)}")
+    V = v.shape[-1]
+    if state.shape != (B, H, K, V):
+        raise ValueError(f"state must be [B, H, K, V] = [{B}, {H}, {K}, {V}]; got {tuple(state.shape)}")
+    if g is not None and g.shape != (B, H):
+        raise ValueError(f"g must be [B, H] = [{B}, {H}]; got {tuple(g.shape)}")
+    if gk is not None and gk.shape != (B, H, K):
+        raise ValueError(f"gk must be [B, H, K] = [{B}, {H}, {K}]; got {tuple(gk.shape)}")
+    if beta is not None and beta.shape != (B, H):
+        raise ValueError(f"beta must be [B, H] = [{B}, {H}]; got {tuple(beta.shape)}")
+    if not (1 <= K <= MAX_K and 1 <= V <= MAX_V):
+        raise ValueError(f"head dims K={K}, V={V}: the triton backend supports K in [1, {MAX_K}], V in [1, {MAX_V}]")
+    tensors = (q, k, v, state, g, gk, beta)
+    check_device(*tensors)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        raise NotImplementedError(
+            "the triton decode step has no backward; call it under torch.no_grad(), or train with "
+            "the chunked functions"
+        )
+    return decay_mode(g, gk)
+
+
+def decode_step(
+    kernel: triton.JITFunction, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor | None,
+    state: torch.Tensor, g: torch.Tensor | None, gk: torch.Tensor | None, scale: float | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run `kernel` (gla_step_kernel, or delta_step_kernel with beta) on one decode token:
+    (o [B, H, V] in q's dtype, new state in the state's dtype)."""
+    mode, decay = check_step_inputs(q, k, v, state, g, gk, beta)
+    B, H, K = q.shape
+    V = v.shape[-1]
+    scale = K**-0.5 if scale is None else float(scale)
+    q, k, v, state = q.contiguous(), k.contiguous(), v.contiguous(), state.contiguous()
+    beta = beta.contiguous() if beta is not None else state
+    decay = decay.contiguous() if decay is not None else state
+    o = empty((B, H, V), q.dtype, q.device)
+    new_state = empty_like(state)
+    BK = max(16, triton.next_power_of_2(K))
+    BV = min(64, max(16, triton.next_power_of_2(V)))
+    kernel[(triton.cdiv(V, BV), B * H)](
+        q, k, v, beta, decay, state, o, new_state, scale, K=K, V=V, BK=BK, BV=BV, DECAY=mode, num_warps=4,
+    )
+    return o, new_state

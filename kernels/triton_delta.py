@@ -29,22 +29,24 @@ from hybridnas.kernels.triton_common import (
     DECAY_NONE,
     ChunkConfig,
     _block,
+    _bwd_dqk,
     _chunk_rows,
     _dot,
+    _step,
     chunk_bwd_dh,
-    chunk_bwd_dq_dk,
     chunk_bwd_dqk,
     chunk_fwd_h,
     chunk_fwd_o,
     chunk_local_cumsum,
     chunk_pair_bwd,
     chunk_pair_fwd,
-    decay_mode,
+    chunked,
+    decode_step,
     empty,
     empty_like,
-    make_config,
+    output_grads,
+    save_inputs,
 )
-from hybridnas.kernels.triton_gla import check_step_inputs
 
 __all__ = [
     "triton_gated_delta_rule",
@@ -107,9 +109,9 @@ def delta_bwd_dqk_kernel(
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
     BV: tl.constexpr, NV: tl.constexpr, DECAY: tl.constexpr, DT: tl.constexpr,
 ):
-    """chunk_bwd_dqk for the delta rule: everything that does not go through the WY transform, with
+    """_bwd_dqk for the delta rule: everything that does not go through the WY transform, with
     the pseudo-values U as values; the k-gradient (DKP) and per-head dg shares (DGP) are partials."""
-    chunk_bwd_dqk(Q, Kp, U, GC, DU, HS, DHS, DO, DQ, DKP, DW, DGP, DA, DBP, DLAST, scale, T,
+    _bwd_dqk(Q, Kp, U, GC, DU, HS, DHS, DO, DQ, DKP, DW, DGP, DA, DBP, DLAST, scale, T,
                   H, K, V, BT, BK, BV, NV, DECAY, True, DT)
 
 
@@ -231,28 +233,22 @@ def _forward(
 
 class _ChunkDeltaFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, beta, decay, scale, initial_state, mode):  # type: ignore[override]
-        cfg = make_config(q, k, v, decay if mode == 1 else None, decay if mode == 2 else None, beta,
-                          initial_state)
+    def forward(ctx, q, k, v, beta, decay, scale, initial_state, cfg):  # type: ignore[override]
         fw = _forward(q, k, v, beta, decay, initial_state, cfg)
         o = chunk_fwd_o(q, k, fw["u"], fw["gcum"], fw["aqk"], fw["hs"], scale, cfg, q.dtype)
-        ctx.save_for_backward(q, k, v, beta, decay, initial_state)
-        ctx.cfg = cfg
-        ctx.scale = scale
-        ctx.set_materialize_grads(False)  # an unused final state gives dht = None, not zeros
+        save_inputs(ctx, cfg, scale, q, k, v, beta, decay, initial_state)
         return o, fw["ht"]
 
     @staticmethod
     def backward(ctx, do, dht):  # type: ignore[override]
         q, k, v, beta, decay, initial_state = ctx.saved_tensors
         cfg: ChunkConfig = ctx.cfg
-        scale: float = ctx.scale
-        do = do.contiguous() if do is not None else torch.zeros(v.shape, dtype=v.dtype, device=v.device)
-        dht = dht.contiguous() if dht is not None else None
+        do, dht = output_grads(do, dht, v)
+        scale = ctx.scale
         fw = _forward(q, k, v, beta, decay, initial_state, cfg)
         gcum, aqk = fw["gcum"], fw["aqk"]
         dhs, dh0, du = chunk_bwd_dh(q, k, gcum, aqk, do, dht, initial_state, scale, cfg, w=fw["w"])
-        dq, dkp, dgp, dw, da, dbp, dlast = chunk_bwd_dq_dk(
+        dq, dkp, dgp, dw, da, dbp, dlast = chunk_bwd_dqk(
             delta_bwd_dqk_kernel, q, k, fw["u"], gcum, fw["hs"], dhs, do, du, scale, cfg
         )
         dummy = dhs
@@ -292,13 +288,7 @@ def triton_gated_delta_rule(
 
     Keys are expected L2-normalised and beta in [0, 1] (as in DeltaNet); the intra-chunk inverse
     (I + L)^{-1} is then well conditioned."""
-    mode, decay = decay_mode(g, gk)
-    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    q, k, v, beta = q.contiguous(), k.contiguous(), v.contiguous(), beta.contiguous()
-    decay = decay.contiguous() if decay is not None else None
-    initial_state = initial_state.contiguous() if initial_state is not None else None
-    o, ht = _ChunkDeltaFunction.apply(q, k, v, beta, decay, scale, initial_state, mode)
-    return o, (ht if output_final_state else None)
+    return chunked(_ChunkDeltaFunction, q, k, v, beta, g, gk, scale, initial_state, output_final_state)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -310,27 +300,8 @@ def delta_step_kernel(
     Q, Kp, Vp, BETA, G, S, O, SN, scale,
     K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DECAY: tl.constexpr,
 ):
-    """One token for one (value block, batch*head): S' = alpha S; S = S' + beta k (v - S'^T k)^T."""
-    i_v = tl.program_id(0)
-    i_bh = tl.program_id(1).to(tl.int64)
-    o_k, m_k = _block(0, BK, K)
-    o_v, m_v = _block(i_v, BV, V)
-    m_kv = m_k[:, None] & m_v[None, :]
-    p_kv = i_bh * K * V + o_k[:, None] * V + o_v[None, :]
-    b_s = tl.load(S + p_kv, mask=m_kv, other=0.0).to(tl.float32)  # [BK, BV]
-    b_q = tl.load(Q + i_bh * K + o_k, mask=m_k, other=0.0).to(tl.float32)
-    b_k = tl.load(Kp + i_bh * K + o_k, mask=m_k, other=0.0).to(tl.float32)
-    b_v = tl.load(Vp + i_bh * V + o_v, mask=m_v, other=0.0).to(tl.float32)
-    b_beta = tl.load(BETA + i_bh).to(tl.float32)
-    if DECAY == 1:
-        b_s = b_s * tl.exp(tl.load(G + i_bh).to(tl.float32))
-    elif DECAY == 2:
-        b_s = b_s * tl.exp(tl.load(G + i_bh * K + o_k, mask=m_k, other=0.0).to(tl.float32))[:, None]
-    b_u = b_beta * (b_v - tl.sum(b_s * b_k[:, None], axis=0))  # [BV]
-    b_s += b_k[:, None] * b_u[None, :]
-    b_o = scale * tl.sum(b_s * b_q[:, None], axis=0)
-    tl.store(SN + p_kv, b_s.to(SN.dtype.element_ty), mask=m_kv)
-    tl.store(O + i_bh * V + o_v, b_o.to(O.dtype.element_ty), mask=m_v)
+    """_step for the delta rule: S' = alpha S; S = S' + beta k (v - S'^T k)^T ; o = scale S^T q."""
+    _step(Q, Kp, Vp, BETA, G, S, O, SN, scale, K, V, BK, BV, DECAY, True)
 
 
 def triton_gated_delta_rule_step(
@@ -344,18 +315,4 @@ def triton_gated_delta_rule_step(
     scale: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One decode token: (o [B, H, V] in q's dtype, new state in the state's dtype). Inference only."""
-    mode, decay = check_step_inputs(q, k, v, state, g, gk, beta)
-    B, H, K = q.shape
-    V = v.shape[-1]
-    scale = K**-0.5 if scale is None else float(scale)
-    q, k, v, beta, state = q.contiguous(), k.contiguous(), v.contiguous(), beta.contiguous(), state.contiguous()
-    decay = decay.contiguous() if decay is not None else state
-    o = empty((B, H, V), q.dtype, q.device)
-    new_state = empty_like(state)
-    BK = max(16, triton.next_power_of_2(K))
-    BV = min(64, max(16, triton.next_power_of_2(V)))
-    delta_step_kernel[(triton.cdiv(V, BV), B * H)](
-        q, k, v, beta, decay, state, o, new_state, scale, K=K, V=V, BK=BK, BV=BV, DECAY=mode,
-        num_warps=4,
-    )
-    return o, new_state
+    return decode_step(delta_step_kernel, q, k, v, beta, state, g, gk, scale)
