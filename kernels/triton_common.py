@@ -253,6 +253,34 @@ def _block(i, BS: tl.constexpr, N: tl.constexpr):
     return o, o < N
 
 
+@triton.jit
+def _state_tile(i_v, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+    """All K rows and value block i_v of a K x V state: (o_k, m_k, o_v, m_v, m_kv, p_kv), p_kv the
+    [BK, BV] offsets inside one state and m_kv their mask."""
+    o_k, m_k = _block(0, BK, K)
+    o_v, m_v = _block(i_v, BV, V)
+    return o_k, m_k, o_v, m_v, m_k[:, None] & m_v[None, :], o_k[:, None] * V + o_v[None, :]
+
+
+@triton.jit
+def _intra_attn(b_q, b_k, GC, AQK, i_bh, T, rows, o_bt, m_t, tok, BT: tl.constexpr, DECAY: tl.constexpr,
+                DT: tl.constexpr):
+    """The chunk's causal attention A[i, j] = q_i . k_j e^{b_i - b_j} for j <= i (0 above), unscaled,
+    [BT, BT] float32: computed for no / per-head decay, loaded from AQK (chunk_pair_fwd) for a
+    per-channel one."""
+    if DECAY == 2:
+        b_a = tl.load(AQK + (i_bh.to(tl.int64) * T + rows)[:, None] * BT + o_bt[None, :],
+                      mask=m_t[:, None], other=0.0)
+    else:
+        causal = (o_bt[:, None] >= o_bt[None, :]) & m_t[:, None]
+        b_a = _dot(b_q, tl.trans(b_k), DT)
+        if DECAY == 1:
+            b_g = tl.load(GC + tok, mask=m_t, other=0.0)
+            b_a = b_a * tl.exp(tl.where(causal, b_g[:, None] - b_g[None, :], 0.0))
+        b_a = tl.where(causal, b_a, 0.0)
+    return b_a
+
+
 # --------------------------------------------------------------------------------------------------
 # chunk-local cumulative sum of the log decay
 
@@ -382,10 +410,7 @@ def chunk_fwd_h_kernel(
     i_v = tl.program_id(0)
     i_bh = tl.program_id(1)
     NT = tl.cdiv(T, BT)
-    o_k, m_k = _block(0, BK, K)
-    o_v, m_v = _block(i_v, BV, V)
-    m_kv = m_k[:, None] & m_v[None, :]
-    p_kv = o_k[:, None] * V + o_v[None, :]  # [BK, BV] offsets inside one K x V state
+    o_k, m_k, o_v, m_v, m_kv, p_kv = _state_tile(i_v, K, V, BK, BV)
     b_h = tl.zeros([BK, BV], dtype=tl.float32)
     if USE_H0:
         b_h += tl.load(H0 + i_bh.to(tl.int64) * K * V + p_kv, mask=m_kv, other=0.0).to(tl.float32)
@@ -454,56 +479,80 @@ def chunk_fwd_h(
 
 
 @triton.jit
+def _chunk_out(
+    Q, Kp, Y, GC, AQK, S, OUT, scale, T,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+    BV: tl.constexpr, DECAY: tl.constexpr, DV: tl.constexpr, DT: tl.constexpr,
+):
+    """Body of chunk_fwd_o_kernel and chunk_bwd_dv_kernel over one chunk and one value block: a state
+    term plus an intra-chunk term,
+        o  = scale * (q exp(b)) h_in + (scale * A) v           (Y = v, S = the state entering the chunk)
+        dv = (k exp(b_last - b)) dh_out + (scale * A)^T do    (DV: Y = do, S = the gradient w.r.t. the
+                                                               state leaving the chunk)."""
+    i_v = tl.program_id(0)
+    i_t = tl.program_id(1)
+    i_bh = tl.program_id(2)
+    base, o_bt, rows, m_t, tok = _chunk_rows(i_bh, i_t, T, H, BT)
+    o_k, m_k, o_v, m_v, m_kv, p_kv = _state_tile(i_v, K, V, BK, BV)
+    m_tk = m_t[:, None] & m_k[None, :]
+    m_tv = m_t[:, None] & m_v[None, :]
+    b_q = tl.load(Q + tok[:, None] * K + o_k[None, :], mask=m_tk, other=0.0).to(tl.float32)
+    b_k = tl.load(Kp + tok[:, None] * K + o_k[None, :], mask=m_tk, other=0.0).to(tl.float32)
+    b_y = tl.load(Y + tok[:, None] * V + o_v[None, :], mask=m_tv, other=0.0).to(tl.float32)  # [BT, BV]
+    b_s = tl.load(S + (i_bh.to(tl.int64) * tl.cdiv(T, BT) + i_t) * K * V + p_kv, mask=m_kv, other=0.0)
+    b_a = _intra_attn(b_q, b_k, GC, AQK, i_bh, T, rows, o_bt, m_t, tok, BT, DECAY, DT)
+    if DV:
+        last = base + (tl.minimum(T, i_t * BT + BT) - 1) * H
+        if DECAY == 1:
+            g_last = tl.load(GC + last)
+            b_kr = b_k * tl.exp(tl.where(m_t, g_last - tl.load(GC + tok, mask=m_t, other=0.0), 0.0))[:, None]
+        elif DECAY == 2:
+            g_last = tl.load(GC + last * K + o_k, mask=m_k, other=0.0)
+            b_g = tl.load(GC + tok[:, None] * K + o_k[None, :], mask=m_tk, other=0.0)
+            b_kr = b_k * tl.exp(tl.where(m_tk, g_last[None, :] - b_g, 0.0))
+        else:
+            b_kr = b_k
+        b_out = scale * _dot(tl.trans(b_a), b_y, DT) + _dot(b_kr, b_s, DT)
+    else:
+        if DECAY == 1:
+            b_qg = b_q * tl.exp(tl.load(GC + tok, mask=m_t, other=0.0))[:, None]
+        elif DECAY == 2:
+            b_qg = b_q * tl.exp(tl.load(GC + tok[:, None] * K + o_k[None, :], mask=m_tk, other=0.0))
+        else:
+            b_qg = b_q
+        b_out = (_dot(b_qg, b_s, DT) + _dot(b_a, b_y, DT)) * scale
+    tl.store(OUT + tok[:, None] * V + o_v[None, :], b_out.to(OUT.dtype.element_ty), mask=m_tv)
+
+
+def _chunk_out_launch(
+    kernel: triton.JITFunction, q: torch.Tensor, k: torch.Tensor, y: torch.Tensor, gcum: torch.Tensor | None,
+    aqk: torch.Tensor | None, states: torch.Tensor, scale: float, cfg: ChunkConfig, out_dtype: torch.dtype,
+) -> torch.Tensor:
+    out = empty((cfg.B, cfg.T, cfg.H, cfg.V), out_dtype, q.device)
+    kernel[(cfg.NVO, cfg.NT, cfg.B * cfg.H)](
+        q, k, y, gcum if gcum is not None else states, aqk if aqk is not None else states, states, out, scale,
+        cfg.T,
+        H=cfg.H, K=cfg.K, V=cfg.V, BT=CHUNK, BK=cfg.BK, BV=cfg.BVO, DECAY=cfg.decay, DT=cfg.dot_dtype,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    return out
+
+
+@triton.jit
 def chunk_fwd_o_kernel(
     Q, Kp, Vp, GC, AQK, HS, O, scale, T,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
     BV: tl.constexpr, DECAY: tl.constexpr, DT: tl.constexpr,
 ):
     """o = scale * (q * exp(b)) h_in + (scale * A) v over one chunk and one value block."""
-    i_v = tl.program_id(0)
-    i_t = tl.program_id(1)
-    i_bh = tl.program_id(2)
-    NT = tl.cdiv(T, BT)
-    base, o_bt, rows, m_t, tok = _chunk_rows(i_bh, i_t, T, H, BT)
-    o_k, m_k = _block(0, BK, K)
-    o_v, m_v = _block(i_v, BV, V)
-    m_tk = m_t[:, None] & m_k[None, :]
-    m_tv = m_t[:, None] & m_v[None, :]
-    b_q = tl.load(Q + tok[:, None] * K + o_k[None, :], mask=m_tk, other=0.0).to(tl.float32)
-    b_v = tl.load(Vp + tok[:, None] * V + o_v[None, :], mask=m_tv, other=0.0).to(tl.float32)
-    b_h = tl.load(HS + (i_bh.to(tl.int64) * NT + i_t) * K * V + o_k[:, None] * V + o_v[None, :],
-                  mask=m_k[:, None] & m_v[None, :], other=0.0)  # [BK, BV]
-    causal = (o_bt[:, None] >= o_bt[None, :]) & m_t[:, None]
-    if DECAY == 2:
-        b_g = tl.load(GC + tok[:, None] * K + o_k[None, :], mask=m_tk, other=0.0)
-        b_qg = b_q * tl.exp(b_g)
-        b_a = tl.load(AQK + (i_bh.to(tl.int64) * T + rows)[:, None] * BT + o_bt[None, :],
-                      mask=m_t[:, None], other=0.0)
-    else:
-        b_k = tl.load(Kp + tok[:, None] * K + o_k[None, :], mask=m_tk, other=0.0).to(tl.float32)
-        b_a = _dot(b_q, tl.trans(b_k), DT)  # [BT, BT]
-        if DECAY == 1:
-            b_g = tl.load(GC + tok, mask=m_t, other=0.0)
-            b_qg = b_q * tl.exp(b_g)[:, None]
-            b_a = b_a * tl.exp(tl.where(causal, b_g[:, None] - b_g[None, :], 0.0))
-        else:
-            b_qg = b_q
-        b_a = tl.where(causal, b_a, 0.0)
-    b_o = _dot(b_qg, b_h, DT) + _dot(b_a, b_v, DT)
-    tl.store(O + tok[:, None] * V + o_v[None, :], (b_o * scale).to(O.dtype.element_ty), mask=m_tv)
+    _chunk_out(Q, Kp, Vp, GC, AQK, HS, O, scale, T, H, K, V, BT, BK, BV, DECAY, False, DT)
 
 
 def chunk_fwd_o(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gcum: torch.Tensor | None,
     aqk: torch.Tensor | None, hs: torch.Tensor, scale: float, cfg: ChunkConfig, out_dtype: torch.dtype,
 ) -> torch.Tensor:
-    o = empty((cfg.B, cfg.T, cfg.H, cfg.V), out_dtype, q.device)
-    chunk_fwd_o_kernel[(cfg.NVO, cfg.NT, cfg.B * cfg.H)](
-        q, k, v, gcum if gcum is not None else hs, aqk if aqk is not None else hs, hs, o, scale, cfg.T,
-        H=cfg.H, K=cfg.K, V=cfg.V, BT=CHUNK, BK=cfg.BK, BV=cfg.BVO, DECAY=cfg.decay, DT=cfg.dot_dtype,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-    )
-    return o
+    return _chunk_out_launch(chunk_fwd_o_kernel, q, k, v, gcum, aqk, hs, scale, cfg, out_dtype)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -525,10 +574,7 @@ def chunk_bwd_dh_kernel(
     i_v = tl.program_id(0)
     i_bh = tl.program_id(1)
     NT = tl.cdiv(T, BT)
-    o_k, m_k = _block(0, BK, K)
-    o_v, m_v = _block(i_v, BV, V)
-    m_kv = m_k[:, None] & m_v[None, :]
-    p_kv = o_k[:, None] * V + o_v[None, :]
+    o_k, m_k, o_v, m_v, m_kv, p_kv = _state_tile(i_v, K, V, BK, BV)
     b_dh = tl.zeros([BK, BV], dtype=tl.float32)
     if USE_DHT:
         b_dh += tl.load(DHT + i_bh.to(tl.int64) * K * V + p_kv, mask=m_kv, other=0.0).to(tl.float32)
@@ -540,14 +586,13 @@ def chunk_bwd_dh_kernel(
         m_tv = m_t[:, None] & m_v[None, :]
         b_q = tl.load(Q + tok[:, None] * K + o_k[None, :], mask=m_tk, other=0.0).to(tl.float32)
         b_do = tl.load(DO + tok[:, None] * V + o_v[None, :], mask=m_tv, other=0.0).to(tl.float32)
-        causal = (o_bt[:, None] >= o_bt[None, :]) & m_t[:, None]
         if DELTA:
             b_k = tl.load(Kp + tok[:, None] * K + o_k[None, :], mask=m_tk, other=0.0).to(tl.float32)
+            b_a = _intra_attn(b_q, b_k, GC, AQK, i_bh, T, rows, o_bt, m_t, tok, BT, DECAY, DT)
         if DECAY == 0:
             b_qg = b_q
             if DELTA:
                 b_kr = b_k
-                b_a = tl.where(causal, _dot(b_q, tl.trans(b_k), DT), 0.0)
         else:
             last = base + (tl.minimum(T, i_t * BT + BT) - 1) * H
             if DECAY == 1:
@@ -557,8 +602,6 @@ def chunk_bwd_dh_kernel(
                 e_last = tl.exp(g_last)
                 if DELTA:
                     b_kr = b_k * tl.exp(tl.where(m_t, g_last - b_g, 0.0))[:, None]
-                    b_a = _dot(b_q, tl.trans(b_k), DT)
-                    b_a = tl.where(causal, b_a * tl.exp(tl.where(causal, b_g[:, None] - b_g[None, :], 0.0)), 0.0)
             else:
                 b_g = tl.load(GC + tok[:, None] * K + o_k[None, :], mask=m_tk, other=0.0)
                 g_last = tl.load(GC + last * K + o_k, mask=m_k, other=0.0)
@@ -566,8 +609,6 @@ def chunk_bwd_dh_kernel(
                 e_last = tl.exp(g_last)[:, None]
                 if DELTA:
                     b_kr = b_k * tl.exp(tl.where(m_tk, g_last[None, :] - b_g, 0.0))
-                    b_a = tl.load(AQK + (i_bh.to(tl.int64) * T + rows)[:, None] * BT + o_bt[None, :],
-                                  mask=m_t[:, None], other=0.0)
         b_dh_next = b_dh
         if DECAY != 0:
             b_dh = b_dh * e_last
@@ -610,58 +651,19 @@ def chunk_bwd_dh(
 
 @triton.jit
 def chunk_bwd_dv_kernel(
-    Q, Kp, GC, AQK, DHS, DO, DV, scale, T,
+    Q, Kp, DO, GC, AQK, DHS, DV, scale, T,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
     BV: tl.constexpr, DECAY: tl.constexpr, DT: tl.constexpr,
 ):
     """dv = (scale A)^T do + (k exp(b_last - b)) dh_out over one chunk and one value block."""
-    i_v = tl.program_id(0)
-    i_t = tl.program_id(1)
-    i_bh = tl.program_id(2)
-    NT = tl.cdiv(T, BT)
-    base, o_bt, rows, m_t, tok = _chunk_rows(i_bh, i_t, T, H, BT)
-    o_k, m_k = _block(0, BK, K)
-    o_v, m_v = _block(i_v, BV, V)
-    m_tk = m_t[:, None] & m_k[None, :]
-    m_tv = m_t[:, None] & m_v[None, :]
-    b_k = tl.load(Kp + tok[:, None] * K + o_k[None, :], mask=m_tk, other=0.0).to(tl.float32)
-    b_do = tl.load(DO + tok[:, None] * V + o_v[None, :], mask=m_tv, other=0.0).to(tl.float32)
-    b_dh = tl.load(DHS + (i_bh.to(tl.int64) * NT + i_t) * K * V + o_k[:, None] * V + o_v[None, :],
-                   mask=m_k[:, None] & m_v[None, :], other=0.0)  # [BK, BV] grad of the state leaving
-    causal = (o_bt[:, None] >= o_bt[None, :]) & m_t[:, None]
-    last = base + (tl.minimum(T, i_t * BT + BT) - 1) * H
-    if DECAY == 2:
-        b_g = tl.load(GC + tok[:, None] * K + o_k[None, :], mask=m_tk, other=0.0)
-        g_last = tl.load(GC + last * K + o_k, mask=m_k, other=0.0)
-        b_kr = b_k * tl.exp(tl.where(m_tk, g_last[None, :] - b_g, 0.0))
-        b_a = tl.load(AQK + (i_bh.to(tl.int64) * T + rows)[:, None] * BT + o_bt[None, :],
-                      mask=m_t[:, None], other=0.0)
-    else:
-        b_q = tl.load(Q + tok[:, None] * K + o_k[None, :], mask=m_tk, other=0.0).to(tl.float32)
-        b_a = _dot(b_q, tl.trans(b_k), DT)  # [BT, BT]
-        if DECAY == 1:
-            b_g = tl.load(GC + tok, mask=m_t, other=0.0)
-            g_last = tl.load(GC + last)
-            b_a = b_a * tl.exp(tl.where(causal, b_g[:, None] - b_g[None, :], 0.0))
-            b_kr = b_k * tl.exp(tl.where(m_t, g_last - b_g, 0.0))[:, None]
-        else:
-            b_kr = b_k
-        b_a = tl.where(causal, b_a, 0.0)
-    b_dv = scale * _dot(tl.trans(b_a), b_do, DT) + _dot(b_kr, b_dh, DT)
-    tl.store(DV + tok[:, None] * V + o_v[None, :], b_dv.to(DV.dtype.element_ty), mask=m_tv)
+    _chunk_out(Q, Kp, DO, GC, AQK, DHS, DV, scale, T, H, K, V, BT, BK, BV, DECAY, True, DT)
 
 
 def chunk_bwd_dv(
     q: torch.Tensor, k: torch.Tensor, gcum: torch.Tensor | None, aqk: torch.Tensor | None,
     dhs: torch.Tensor, do: torch.Tensor, scale: float, cfg: ChunkConfig, dv_dtype: torch.dtype,
 ) -> torch.Tensor:
-    dv = empty((cfg.B, cfg.T, cfg.H, cfg.V), dv_dtype, q.device)
-    chunk_bwd_dv_kernel[(cfg.NVO, cfg.NT, cfg.B * cfg.H)](
-        q, k, gcum if gcum is not None else dhs, aqk if aqk is not None else dhs, dhs, do, dv, scale, cfg.T,
-        H=cfg.H, K=cfg.K, V=cfg.V, BT=CHUNK, BK=cfg.BK, BV=cfg.BVO, DECAY=cfg.decay, DT=cfg.dot_dtype,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-    )
-    return dv
+    return _chunk_out_launch(chunk_bwd_dv_kernel, q, k, do, gcum, aqk, dhs, scale, cfg, dv_dtype)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -938,10 +940,8 @@ def _step(
     o = scale S^T q."""
     i_v = tl.program_id(0)
     i_bh = tl.program_id(1).to(tl.int64)
-    o_k, m_k = _block(0, BK, K)
-    o_v, m_v = _block(i_v, BV, V)
-    m_kv = m_k[:, None] & m_v[None, :]
-    p_kv = i_bh * K * V + o_k[:, None] * V + o_v[None, :]
+    o_k, m_k, o_v, m_v, m_kv, p_kv = _state_tile(i_v, K, V, BK, BV)
+    p_kv = i_bh * K * V + p_kv  # this program's state
     b_s = tl.load(S + p_kv, mask=m_kv, other=0.0).to(tl.float32)  # [BK, BV]
     b_q = tl.load(Q + i_bh * K + o_k, mask=m_k, other=0.0).to(tl.float32)
     b_k = tl.load(Kp + i_bh * K + o_k, mask=m_k, other=0.0).to(tl.float32)
