@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -120,12 +121,19 @@ def test_resume_after_hundreds_of_candidates_reaches_the_budget(store: Store, st
     assert len({e.spec_hash for e in evals}) == 260
 
 
-def test_unfinished_evaluations_are_rerun_once(store: Store) -> None:
-    c = campaign(6)
+def left_running(store: Store, budget: int) -> tuple[Any, int, int]:
+    """A campaign of `budget` candidates whose first evaluation a dead controller left running:
+    (campaign, its id, the evaluation's id)."""
+    c = campaign(budget)
     cid = store.create_campaign("formula", c.config(), 0)
     spec = c.space.sample(random.Random(5))
     _, eid = store.add_candidate(cid, spec, generation=0, parents=[], task="mqar", fidelity=c.file.training.steps, seed=0)
-    store.mark_running(eid)  # a controller died while this ran
+    store.mark_running(eid)
+    return c, cid, eid
+
+
+def test_unfinished_evaluations_are_rerun_once(store: Store) -> None:
+    c, cid, eid = left_running(store, 6)
     ex = FormulaExecutor()
     Controller(store, c, cid, ex).run()
     assert [s[0] for s in ex.seen].count(eid) == 1
@@ -219,6 +227,24 @@ class Crash(Exception):
     pass
 
 
+def crash() -> None:
+    raise Crash
+
+
+def on_nth(kind: str, n: int, action: Callable[[], None]) -> Callable[[Event], None]:
+    """An event hook that calls `action` at the n-th event of `kind`."""
+    seen = 0
+
+    def hook(e: Event) -> None:
+        nonlocal seen
+        if e.kind == kind:
+            seen += 1
+            if seen == n:
+                action()
+
+    return hook
+
+
 @pytest.mark.parametrize("strategy", ["random", "evolution"])
 @pytest.mark.parametrize("point", ["submitted", "done", "promoted"])
 def test_interrupted_and_resumed_equals_uninterrupted(tmp_path: Path, strategy: str, point: str) -> None:
@@ -234,17 +260,9 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path: Path, strategy: 
     for crash_at in (1, 4, 7):
         st = Store.open(f"sqlite:///{tmp_path / f'{point}{crash_at}.db'}")
         cid = st.create_campaign("formula", c.config(), 0)
-        seen = {"n": 0}
-
-        def on_event(e: Event) -> None:
-            if e.kind == point:
-                seen["n"] += 1
-                if seen["n"] == crash_at:
-                    raise Crash
-
         crashed = False
         try:
-            Controller(st, c, cid, FormulaExecutor(capacity=1), on_event).run()
+            Controller(st, c, cid, FormulaExecutor(capacity=1), on_nth(point, crash_at, crash)).run()
         except Crash:
             crashed = True
         ex = FormulaExecutor(capacity=1)
@@ -258,14 +276,8 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path: Path, strategy: 
 def test_stop_hands_work_back_and_resume_finishes(store: Store) -> None:
     c = campaign(10)
     cid = store.create_campaign("formula", c.config(), 0)
-    calls = {"n": 0}
-
-    def on_event(e: Event) -> None:
-        if e.kind == "done":
-            calls["n"] += 1
-            if calls["n"] == 3:
-                store.request_stop(cid)  # what `hybridnas campaign stop` does from another process
-
+    # What `hybridnas campaign stop` does from another process, after the third result.
+    on_event = on_nth("done", 3, lambda: store.request_stop(cid))
     ex = FormulaExecutor(capacity=2)
     summary = Controller(store, c, cid, ex, on_event).run()
     assert summary.stopped and ex.closed
@@ -281,11 +293,7 @@ def test_stop_hands_work_back_and_resume_finishes(store: Store) -> None:
 
 
 def test_a_stop_during_resume_hands_back_what_was_not_resubmitted(store: Store) -> None:
-    c = campaign(4)
-    cid = store.create_campaign("formula", c.config(), 0)
-    spec = c.space.sample(random.Random(5))
-    _, eid = store.add_candidate(cid, spec, generation=0, parents=[], task="mqar", fidelity=c.file.training.steps, seed=0)
-    store.mark_running(eid)  # a killed controller left this running
+    c, cid, eid = left_running(store, 4)
     ctrl = Controller(store, c, cid, FormulaExecutor())
     ctrl.request_stop()  # a signal before the first re-submission
     assert ctrl.run().stopped
@@ -407,16 +415,8 @@ def test_optuna_study_lives_in_the_store_and_resumes(tmp_path: Path) -> None:
 
     st = Store.open(f"sqlite:///{tmp_path / 'crash.db'}")
     cid = st.create_campaign("formula", c.config(), 0)
-    seen = {"n": 0}
-
-    def on_event(e: Event) -> None:
-        if e.kind == "done":
-            seen["n"] += 1
-            if seen["n"] == 5:
-                raise Crash
-
     with pytest.raises(Crash):
-        Controller(st, c, cid, FormulaExecutor(capacity=1), on_event).run()
+        Controller(st, c, cid, FormulaExecutor(capacity=1), on_nth("done", 5, crash)).run()
     Controller(st, c, cid, FormulaExecutor(capacity=1)).run()
     assert history(st, cid) == expected
     st.close()

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import optuna
 import pytest
-import torch
 from optuna.trial import TrialState
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import make_url
@@ -19,20 +18,14 @@ from hybridnas.search.strategies import Observation, make_strategy
 from hybridnas.space import ArchSpec, HybridChoices, LayerChoices, SpaceFile
 from hybridnas.store import Store
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 PG_URL = os.environ.get("HYBRIDNAS_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 SPACE = SpaceFile(
     d_model=[32, 64],
     hybrid=HybridChoices(ratio=[1, 3, "all_linear"], linear_mixer=["gla", "deltanet", "gated_deltanet"], gate=["none", "swish"]),
 ).build(vocab_size=32)
 LAYERS = SpaceFile(n_layers=[2, 3], layers=LayerChoices(mixer=["gla", "attention"], gate=["none", "swish"])).build(vocab_size=32)
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def accuracy(spec: ArchSpec) -> float:

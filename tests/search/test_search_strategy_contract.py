@@ -8,39 +8,22 @@ the best design of a tiny space within as many candidates as the space has desig
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import torch
 
 from hybridnas.search.strategies import STRATEGIES, Observation, Strategy, make_strategy
 from hybridnas.space import ArchSpec, HybridChoices, LayerChoices, SearchSpace, SpaceFile
 
-HYBRID = SpaceFile(
-    d_model=[32, 64],
-    hybrid=HybridChoices(
-        ratio=[0, 1, 3, "all_linear"],
-        placement=["interleaved", "first", "last"],
-        linear_mixer=["gla", "deltanet", "gated_deltanet", "mamba2"],
-        gate=["none", "swish"],
-    ),
-).build(vocab_size=32)
+pytestmark = pytest.mark.usefixtures("one_thread")  # the GP sampler fits with torch
+
 LAYERS = SpaceFile(
     n_layers=[2, 3], layers=LayerChoices(mixer=["gla", "attention", "gated_deltanet"], gate=["none", "swish"])
 ).build(vocab_size=32)
 TINY = SpaceFile(d_model=[32, 64], hybrid=HybridChoices(ratio=[1, 3], linear_mixer=["gla", "gated_deltanet"])).build(vocab_size=32)
 # Small start-up phases so that the Optuna samplers model the results within a few proposals.
 SETTINGS = {"n_startup": 4, "population": 4, "tournament": 2, "crossover_prob": 0.5}
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """The GP sampler fits with torch; one thread is faster on a small shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def objective(spec: ArchSpec) -> float:
@@ -148,8 +131,11 @@ def name(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
-@pytest.mark.parametrize("space", [HYBRID, LAYERS], ids=["hybrid", "layers"])
-def test_proposals_stay_in_the_space_through_failures_and_discards(name: str, space: SearchSpace) -> None:
+@pytest.mark.parametrize("kind", ["hybrid", "layers"])
+def test_proposals_stay_in_the_space_through_failures_and_discards(
+    name: str, kind: str, hybrid_space: SearchSpace
+) -> None:
+    space = hybrid_space if kind == "hybrid" else LAYERS
     sim = Sim(
         parallel=2,
         fail=lambda s: s.d_model == 32 and s.layers[0].mixer == "gla",
@@ -178,11 +164,11 @@ def test_depth_is_searched_in_a_per_layer_space(name: str) -> None:
     assert len({s.n_layers for s in specs}) == 2 or name == "grid"  # depth is searched too
 
 
-def test_same_seed_same_observations_same_proposals(name: str) -> None:
+def test_same_seed_same_observations_same_proposals(name: str, hybrid_space: SearchSpace) -> None:
     runs = []
     for seed in (3, 3, 4):
         sim = Sim(parallel=2, fail=lambda s: s.hybrid.linear_mixer == "mamba2")
-        sim.run(build(name, HYBRID, seed=seed), 7)
+        sim.run(build(name, hybrid_space, seed=seed), 7)
         runs.append(sim.log)
     assert runs[0] == runs[1]
     if name != "grid":  # the grid's order does not depend on the seed
@@ -190,20 +176,22 @@ def test_same_seed_same_observations_same_proposals(name: str) -> None:
 
 
 @pytest.mark.parametrize("parallel", [1, 2])
-def test_resumed_strategy_proposes_what_the_original_would(name: str, parallel: int, tmp_path: Path) -> None:
+def test_resumed_strategy_proposes_what_the_original_would(
+    name: str, parallel: int, tmp_path: Path, hybrid_space: SearchSpace
+) -> None:
     """Kill after 5 candidates, rebuild the strategy from scratch, replay every recorded outcome: the
     next proposals are those of the run that was never interrupted."""
     kw = dict(parallel=parallel, fail=lambda s: s.hybrid.gate == "swish" and s.d_model == 32, infeasible=lambda s: s.hybrid.ratio == 0)
     whole = Sim(**kw)
-    original = build(name, HYBRID, storage=tmp_path / "whole.db")
+    original = build(name, hybrid_space, storage=tmp_path / "whole.db")
     assert whole.run(original, 5)
     before = whole.copy()
     assert whole.run(original, 3)
 
     first = Sim(**kw)
-    assert first.run(build(name, HYBRID, storage=tmp_path / "killed.db"), 5)  # then the process dies
+    assert first.run(build(name, hybrid_space, storage=tmp_path / "killed.db"), 5)  # then the process dies
     assert first.log == before.log
-    resumed = build(name, HYBRID, storage=tmp_path / "killed.db")
+    resumed = build(name, hybrid_space, storage=tmp_path / "killed.db")
     for o in first.observations:
         resumed.observe(o)
     assert first.run(resumed, 3)
