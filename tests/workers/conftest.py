@@ -1,8 +1,9 @@
-"""Fixtures of the workers tests: a tiny causal model for the trainer, single-threaded torch."""
+"""Fixtures of the workers tests: a tiny causal model for the trainer, the seeding check of a task."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
@@ -44,10 +45,16 @@ def tiny_lm() -> Callable[..., nn.Module]:
     return make
 
 
+def _check_seeding(task: Any, seed: int) -> None:
+    a, b, c = task.generate(seed), task.generate(seed), task.generate(seed + 1)
+    for name in ("train_inputs", "train_targets", "test_inputs", "test_targets"):
+        assert torch.equal(getattr(a, name), getattr(b, name))
+    assert not torch.equal(a.train_inputs, c.train_inputs)
+    assert not torch.equal(a.test_inputs, c.test_inputs)
+
+
 @pytest.fixture
-def one_thread() -> Iterator[None]:
-    """Single-threaded torch for the test, as in a one-CPU worker (results depend on thread count)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def check_seeding() -> Callable[..., None]:
+    """`check_seeding(task, seed)`: the same seed gives identical tensors, the next seed other train
+    and test sets."""
+    return _check_seeding

@@ -76,6 +76,13 @@ class ForgetfulDecode(nn.Module):
         return self.inner(x, cache=cache, use_cache=use_cache, offset=offset)
 
 
+def _fails_check(model: nn.Module, reason: str) -> CheckFailed:
+    """The CheckFailed of check_model on `model` (12 tokens, seed 0), its reason matching `reason`."""
+    with pytest.raises(CheckFailed, match=reason) as err:
+        check_model(model, VOCAB, seq_len=12, seed=0)
+    return err.value
+
+
 @pytest.mark.parametrize("mixer", MIXERS)
 def test_every_generated_mixer_passes(mixer: str) -> None:
     model = _model(_spec(mixer))
@@ -99,25 +106,22 @@ def test_a_window_longer_than_the_check_and_a_sequence_past_it() -> None:
 def test_next_token_leak_is_caught(layer: int) -> None:
     model = _model(_spec("gated_deltanet"))
     model.layers[layer].mixer = NextTokenLeak(model.layers[layer].mixer)
-    with pytest.raises(CheckFailed, match=r"^not causal: changing token 1 moves the logits at position 0 by "):
-        check_model(model, VOCAB, seq_len=12, seed=0)
+    _fails_check(model, r"^not causal: changing token 1 moves the logits at position 0 by ")
 
 
 def test_small_leak_is_caught() -> None:
     # A leak a thousand times weaker than the mixer's own output is still far above the tolerance.
     model = _model(_spec("mamba2"))
     model.layers[1].mixer = NextTokenLeak(model.layers[1].mixer, amount=1e-4)
-    with pytest.raises(CheckFailed, match=r"^not causal"):
-        check_model(model, VOCAB, seq_len=12, seed=0)
+    _fails_check(model, r"^not causal")
 
 
 def test_non_causal_conv_is_caught() -> None:
     model = _model(_spec("short_conv"))
     model.layers[0].mixer = CenteredConvMixer(16)
-    with pytest.raises(CheckFailed, match=r"^not causal") as err:
-        check_model(model, VOCAB, seq_len=12, seed=0)
+    err = _fails_check(model, r"^not causal")
     # Reported at a cut point's own position: the first logits that see a later token.
-    p = int(re.search(r"at position (\d+)", err.value.reason).group(1))
+    p = int(re.search(r"at position (\d+)", err.reason).group(1))
     assert p in cut_points(12)
 
 
@@ -125,8 +129,7 @@ def test_decode_that_disagrees_with_the_forward_is_caught() -> None:
     model = _model(_spec("gla"))
     model.layers[0].mixer = ForgetfulDecode(model.layers[0].mixer)
     reason = r"^decode mismatch: one token at a time from an empty cache, the logits at position 1 "
-    with pytest.raises(CheckFailed, match=reason):
-        check_model(model, VOCAB, seq_len=12, seed=0)
+    _fails_check(model, reason)
 
 
 def test_prefill_cache_that_disagrees_is_caught() -> None:
@@ -139,8 +142,7 @@ def test_prefill_cache_that_disagrees_is_caught() -> None:
     model = _model(_spec("retnet"))
     model.layers[1].mixer = ForgetsPrefill(model.layers[1].mixer)
     reason = r"^decode mismatch: one token at a time after a prefill of 6 tokens, .* position 6 "
-    with pytest.raises(CheckFailed, match=reason):
-        check_model(model, VOCAB, seq_len=12, seed=0)
+    _fails_check(model, reason)
 
 
 def test_a_model_without_a_cache_is_reported() -> None:
