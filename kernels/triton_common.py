@@ -493,13 +493,15 @@ def _chunk_out(
     i_t = tl.program_id(1)
     i_bh = tl.program_id(2)
     base, o_bt, rows, m_t, tok = _chunk_rows(i_bh, i_t, T, H, BT)
-    o_k, m_k, o_v, m_v, m_kv, p_kv = _state_tile(i_v, K, V, BK, BV)
+    o_k, m_k = _block(0, BK, K)
+    o_v, m_v = _block(i_v, BV, V)
     m_tk = m_t[:, None] & m_k[None, :]
     m_tv = m_t[:, None] & m_v[None, :]
     b_q = tl.load(Q + tok[:, None] * K + o_k[None, :], mask=m_tk, other=0.0).to(tl.float32)
     b_k = tl.load(Kp + tok[:, None] * K + o_k[None, :], mask=m_tk, other=0.0).to(tl.float32)
     b_y = tl.load(Y + tok[:, None] * V + o_v[None, :], mask=m_tv, other=0.0).to(tl.float32)  # [BT, BV]
-    b_s = tl.load(S + (i_bh.to(tl.int64) * tl.cdiv(T, BT) + i_t) * K * V + p_kv, mask=m_kv, other=0.0)
+    b_s = tl.load(S + (i_bh.to(tl.int64) * tl.cdiv(T, BT) + i_t) * K * V + o_k[:, None] * V + o_v[None, :],
+                  mask=m_k[:, None] & m_v[None, :], other=0.0)  # [BK, BV]
     b_a = _intra_attn(b_q, b_k, GC, AQK, i_bh, T, rows, o_bt, m_t, tok, BT, DECAY, DT)
     if DV:
         last = base + (tl.minimum(T, i_t * BT + BT) - 1) * H
@@ -940,8 +942,10 @@ def _step(
     o = scale S^T q."""
     i_v = tl.program_id(0)
     i_bh = tl.program_id(1).to(tl.int64)
-    o_k, m_k, o_v, m_v, m_kv, p_kv = _state_tile(i_v, K, V, BK, BV)
-    p_kv = i_bh * K * V + p_kv  # this program's state
+    o_k, m_k = _block(0, BK, K)
+    o_v, m_v = _block(i_v, BV, V)
+    m_kv = m_k[:, None] & m_v[None, :]
+    p_kv = i_bh * K * V + o_k[:, None] * V + o_v[None, :]  # int64 throughout: no per-element widening
     b_s = tl.load(S + p_kv, mask=m_kv, other=0.0).to(tl.float32)  # [BK, BV]
     b_q = tl.load(Q + i_bh * K + o_k, mask=m_k, other=0.0).to(tl.float32)
     b_k = tl.load(Kp + i_bh * K + o_k, mask=m_k, other=0.0).to(tl.float32)
