@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -16,37 +18,30 @@ from hybridnas.store import Store
 
 ROOT = Path(__file__).resolve().parents[2]
 
-TINY = {
-    "name": "tiny",
-    "seed": 0,
-    "task": {"name": "mqar", "vocab_size": 32, "seq_len": 24, "num_kv_pairs": 3, "num_train": 256, "num_test": 64},
-    "space": {
-        "d_model": [16, 32],
-        "n_layers": [2],
-        "n_heads": [2],
-        "hybrid": {
-            "ratio": [0, 1, "all_linear"],
-            "linear_mixer": ["gla", "deltanet", "gated_deltanet", "mamba2"],
-            "gate": ["none", "swish"],
-        },
-    },
-    "training": {"steps": 12, "batch_size": 16, "eval_batch_size": 64},
-    "search": {"strategy": "evolution", "budget": 6, "population": 3, "tournament": 2},
-    "execution": {"executor": "inprocess", "workers": 1, "timeout_s": 120},
-}
 
+@pytest.fixture
+def write(tmp_path: Path, tiny_campaign: Callable[..., dict[str, Any]]) -> Callable[..., Path]:
+    """write(**changes): the tiny campaign file in tmp_path, with whole sections (`execution=...`) or
+    fields (`search__budget=4`) changed."""
 
-def write(tmp_path: Path, **changes) -> Path:
-    cfg = json.loads(json.dumps(TINY))
-    for key, value in changes.items():
-        section, _, field = key.partition("__")
-        if field:
-            cfg[section][field] = value
-        else:
-            cfg[section] = value
-    path = tmp_path / f"{cfg['name']}.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    def write_(**changes: Any) -> Path:
+        cfg = tiny_campaign(
+            "tiny",
+            linear_mixers=("gla", "deltanet", "gated_deltanet", "mamba2"),
+            search={"strategy": "evolution", "budget": 6, "population": 3, "tournament": 2},
+            execution={"executor": "inprocess", "workers": 1, "timeout_s": 120},
+        )
+        for key, value in changes.items():
+            section, _, field = key.partition("__")
+            if field:
+                cfg[section][field] = value
+            else:
+                cfg[section] = value
+        path = tmp_path / f"{cfg['name']}.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        return path
+
+    return write_
 
 
 def cli(*args: str):
@@ -80,9 +75,9 @@ def check_campaign(url: str, name: str, budget: int) -> list[dict]:
     return rows
 
 
-def test_inprocess_campaign_end_to_end(tmp_path: Path) -> None:
+def test_inprocess_campaign_end_to_end(tmp_path: Path, write: Callable[..., Path]) -> None:
     url = f"sqlite:///{tmp_path / 'hnas.db'}"
-    r = cli("campaign", "launch", str(write(tmp_path)), "--store", url, "--export-dir", str(tmp_path / "export"))
+    r = cli("campaign", "launch", str(write()), "--store", url, "--export-dir", str(tmp_path / "export"))
     assert r.exit_code == 0, r.output
     rows = check_campaign(url, "tiny", 6)
 
@@ -116,14 +111,14 @@ def test_inprocess_campaign_end_to_end(tmp_path: Path) -> None:
     assert r.exit_code == 0 and "tiny" in r.stdout
 
     # a second launch under the same name is refused, and writes nothing
-    r = cli("campaign", "launch", str(write(tmp_path)), "--store", url)
+    r = cli("campaign", "launch", str(write()), "--store", url)
     assert r.exit_code == 2 and "already exists" in r.output
 
 
 @pytest.mark.ray
-def test_ray_campaign_end_to_end(tmp_path: Path, ray_cluster) -> None:
+def test_ray_campaign_end_to_end(tmp_path: Path, ray_cluster, write: Callable[..., Path]) -> None:
     url = f"sqlite:///{tmp_path / 'hnas.db'}"
-    path = write(tmp_path, name="tiny-ray", search__budget=4, execution={"executor": "ray", "workers": 2, "timeout_s": 120})
+    path = write(name="tiny-ray", search__budget=4, execution={"executor": "ray", "workers": 2, "timeout_s": 120})
     r = cli("campaign", "launch", str(path), "--store", url, "--no-export")
     assert r.exit_code == 0, r.output
     check_campaign(url, "tiny-ray", 4)
@@ -146,9 +141,9 @@ def test_ray_campaign_end_to_end(tmp_path: Path, ray_cluster) -> None:
         ({"name": "bad name!"}, "name"),
     ],
 )
-def test_bad_campaign_file_exit_2_and_nothing_written(tmp_path: Path, changes, message) -> None:
+def test_bad_campaign_file_exit_2_and_nothing_written(tmp_path: Path, changes, message, write: Callable[..., Path]) -> None:
     url = f"sqlite:///{tmp_path / 'hnas.db'}"
-    r = cli("campaign", "launch", str(write(tmp_path, **changes)), "--store", url)
+    r = cli("campaign", "launch", str(write(**changes)), "--store", url)
     assert r.exit_code == 2, r.output
     assert message in r.output
     if (tmp_path / "hnas.db").exists():
@@ -166,9 +161,9 @@ def test_bad_campaign_file_exit_2_and_nothing_written(tmp_path: Path, changes, m
         (["--executor", "slurm"], "--executor"),
     ],
 )
-def test_bad_options_exit_2_and_no_campaign(tmp_path: Path, options, message) -> None:
+def test_bad_options_exit_2_and_no_campaign(tmp_path: Path, options, message, write: Callable[..., Path]) -> None:
     url = f"sqlite:///{tmp_path / 'hnas.db'}"
-    r = cli("campaign", "launch", str(write(tmp_path)), "--store", url, *options)
+    r = cli("campaign", "launch", str(write()), "--store", url, *options)
     assert r.exit_code == 2, r.output
     assert message in r.output
     if (tmp_path / "hnas.db").exists():
@@ -176,6 +171,6 @@ def test_bad_options_exit_2_and_no_campaign(tmp_path: Path, options, message) ->
             assert store.list_campaigns() == []
 
 
-def test_bad_store_url_exit_2(tmp_path: Path) -> None:
-    r = cli("campaign", "launch", str(write(tmp_path)), "--store", "nosuchdialect://x")
+def test_bad_store_url_exit_2(tmp_path: Path, write: Callable[..., Path]) -> None:
+    r = cli("campaign", "launch", str(write()), "--store", "nosuchdialect://x")
     assert r.exit_code == 2 and "--store" in r.output

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -36,22 +37,10 @@ pytestmark = [
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds each node's processes in /proc"),
 ]
 
-CAMPAIGN = {
-    "name": "multinode",
-    "seed": 0,
-    "task": {"name": "mqar", "vocab_size": 32, "seq_len": 24, "num_kv_pairs": 3, "num_train": 256, "num_test": 64},
-    "space": {
-        "d_model": [16, 32],
-        "n_layers": [2],
-        "n_heads": [2],
-        "hybrid": {"ratio": [0, 1, "all_linear"], "linear_mixer": ["gla", "deltanet", "mamba2"], "gate": ["none", "swish"]},
-    },
-    "training": {"steps": 12, "batch_size": 16, "eval_batch_size": 64},
-    "search": {"strategy": "random", "budget": 4},
-    # One worker per node: each node has one CPU, so one actor lands on each.
-    "execution": {"executor": "ray", "workers": 2, "timeout_s": 120, "max_retries": 2},
-    "hardware": {"context_len": 32, "batch_size": 1, "prompt_len": 4, "decode_tokens": 4, "repeats": 1, "warmup": 0},
-}
+SEARCH = {"strategy": "random", "budget": 4}
+# One worker per node: each node has one CPU, so one actor lands on each.
+EXECUTION = {"executor": "ray", "workers": 2, "timeout_s": 120, "max_retries": 2}
+HARDWARE = {"context_len": 32, "batch_size": 1, "prompt_len": 4, "decode_tokens": 4, "repeats": 1, "warmup": 0}
 
 
 def _free_port() -> int:
@@ -229,13 +218,16 @@ class Launch:
 
 
 @pytest.fixture
-def launch(cluster: Cluster, tmp_path: Path) -> Iterator[Callable[..., Launch]]:
+def launch(
+    cluster: Cluster, tmp_path: Path, tiny_campaign: Callable[..., dict[str, Any]]
+) -> Iterator[Callable[..., Launch]]:
     """launch(**campaign changes): start the campaign; killed at the end if still running."""
     started: list[Launch] = []
 
     def start(**changes: object) -> Launch:
         path = tmp_path / "campaign.yaml"
-        path.write_text(yaml.safe_dump({**CAMPAIGN, **changes}))
+        campaign = tiny_campaign("multinode", search=SEARCH, execution=EXECUTION, hardware=HARDWARE)
+        path.write_text(yaml.safe_dump({**campaign, **changes}))
         url = f"sqlite:///{tmp_path / 'hnas.db'}"
         args = [str(BIN / "hybridnas"), "campaign", "launch", str(path), "--store", url, "--address", cluster.address, "--no-export"]
         log = tmp_path / "launch.log"
@@ -281,7 +273,7 @@ def _check_complete(url: str, name: str, budget: int) -> list[EvaluationInfo]:
 def test_campaign_runs_on_both_nodes(second_node: Node, launch: Callable[..., Launch]) -> None:
     run = launch()
     run.finish(second_node)
-    evals = _check_complete(run.url, "multinode", CAMPAIGN["search"]["budget"])
+    evals = _check_complete(run.url, "multinode", SEARCH["budget"])
     nodes = {_node_and_pid(e)[0] for e in evals}
     assert len(nodes) == 2, f"every evaluation ran on one node: {[e.worker for e in evals]}"
     on_second = [e for e in evals if _node_and_pid(e)[1] in second_node.pids()]

@@ -8,7 +8,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,29 +18,26 @@ import yaml
 
 from hybridnas.store import Store
 
-CAMPAIGN = {
-    "name": "resume",
-    "seed": 3,
-    "task": {"name": "mqar", "vocab_size": 32, "seq_len": 24, "num_kv_pairs": 3, "num_train": 256, "num_test": 64},
-    "space": {
-        "d_model": [16, 32],
-        "n_layers": [2],
-        "n_heads": [2],
-        "hybrid": {"ratio": [0, 1, "all_linear"], "linear_mixer": ["gla", "deltanet", "mamba2"], "gate": ["none", "swish"]},
-    },
-    "training": {"steps": 12, "batch_size": 16, "eval_batch_size": 64},
-    # Evolution (its proposals depend on every result so far) with promotions: the hardest to resume.
-    "search": {"strategy": "evolution", "budget": 6, "population": 3, "tournament": 2,
-               "successive_halving": {"eta": 2, "rungs": 2}},
-    "execution": {"executor": "inprocess", "workers": 1, "timeout_s": 120},
-    "hardware": {"context_len": 32, "batch_size": 1, "prompt_len": 4, "decode_tokens": 4, "repeats": 1, "warmup": 0},
-}
 
+@pytest.fixture(scope="module")
+def write(tiny_campaign: Callable[..., dict[str, Any]]) -> Callable[[Path], Path]:
+    """write(folder): the campaign file, in `folder`."""
+    campaign = tiny_campaign(
+        "resume",
+        seed=3,
+        # Evolution (its proposals depend on every result so far) with promotions: the hardest to resume.
+        search={"strategy": "evolution", "budget": 6, "population": 3, "tournament": 2,
+                "successive_halving": {"eta": 2, "rungs": 2}},
+        execution={"executor": "inprocess", "workers": 1, "timeout_s": 120},
+        hardware={"context_len": 32, "batch_size": 1, "prompt_len": 4, "decode_tokens": 4, "repeats": 1, "warmup": 0},
+    )
 
-def write(tmp: Path) -> Path:
-    path = tmp / "resume.yaml"
-    path.write_text(yaml.safe_dump(CAMPAIGN))
-    return path
+    def write_(tmp: Path) -> Path:
+        path = tmp / "resume.yaml"
+        path.write_text(yaml.safe_dump(campaign))
+        return path
+
+    return write_
 
 # One torch thread everywhere: training is bit-identical for a fixed thread count.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
@@ -75,7 +74,7 @@ def count_done(url: str, db: Path, name: str) -> int:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory) -> list[tuple]:
+def reference(tmp_path_factory: pytest.TempPathFactory, write: Callable[[Path], Path]) -> list[tuple]:
     tmp = tmp_path_factory.mktemp("ref")
     url = f"sqlite:///{tmp / 'ref.db'}"
     path = write(tmp)
@@ -86,7 +85,9 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> list[tuple]:
 
 
 @pytest.mark.parametrize("kill_after", [1, 3])
-def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path: Path, reference: list[tuple], kill_after: int) -> None:
+def test_kill_9_then_resume_equals_an_uninterrupted_run(
+    tmp_path: Path, reference: list[tuple], kill_after: int, write: Callable[[Path], Path]
+) -> None:
     db = tmp_path / "hnas.db"
     url = f"sqlite:///{db}"
     path = write(tmp_path)
@@ -114,7 +115,9 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path: Path, referenc
             assert after[eid].metrics == e.metrics and after[eid].finished_at == e.finished_at
 
 
-def test_campaign_stop_then_resume_equals_an_uninterrupted_run(tmp_path: Path, reference: list[tuple]) -> None:
+def test_campaign_stop_then_resume_equals_an_uninterrupted_run(
+    tmp_path: Path, reference: list[tuple], write: Callable[[Path], Path]
+) -> None:
     """`campaign stop` from another process: the controller hands its work back and exits 0; resume finishes it."""
     from typer.testing import CliRunner
 
