@@ -439,6 +439,38 @@ def pareto_cmd(
         _emit_board(store, info, rows, objs, title, fmt, task, all_columns)
 
 
+#: Columns of the evaluations table: who ran what, where, and how it ended.
+EVALUATION_COLUMNS = (
+    "id", "candidate_id", "label", "origin", "fidelity", "seed", "status", "accuracy", "host", "worker", "device", "wall_time_s",
+)
+
+
+@query_app.command("evaluations")
+def evaluations_cmd(
+    campaign: CampaignArgument = None,
+    status: Annotated[str | None, typer.Option("--status", help="only queued | running | done | failed | invalid")] = None,
+    fmt: FormatOption = OutputFormat.table,
+    store_url: StoreOption = None,
+) -> None:
+    """Every evaluation of a campaign: candidate, fidelity, seed, status, and the host, worker and
+    device that ran it (the error for failed ones in json/csv)."""
+    allowed = ("queued", "running", "done", "failed", "invalid")
+    if status is not None and status not in allowed:
+        raise typer.BadParameter(f"{status!r} is not one of {', '.join(allowed)}", param_hint="'--status'")
+    with open_store(store_url) as store:
+        info = resolve_campaign(store, campaign)
+        rows = []
+        for e in store.evaluations(info.id):
+            if status is not None and e.status != status:
+                continue
+            rows.append({
+                "id": e.id, "candidate_id": e.candidate_id, "label": e.spec.describe(), "origin": e.origin,
+                "fidelity": e.fidelity, "seed": e.seed, "status": e.status, "accuracy": (e.metrics or {}).get("accuracy"),
+                "host": e.host, "worker": e.worker, "device": e.device, "wall_time_s": e.wall_time_s, "error": e.error,
+            })
+        emit(rows, fmt, title=f"{info.name}: evaluations", columns=(*EVALUATION_COLUMNS, "error"), table_columns=EVALUATION_COLUMNS)
+
+
 @query_app.command("lineage")
 def lineage_cmd(
     candidate_id: Annotated[int, typer.Argument(help="candidate id (see the leaderboard)")],

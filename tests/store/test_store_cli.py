@@ -325,3 +325,32 @@ def test_number_cells() -> None:
     assert with_spread(None) == "-"
     assert human_bytes(512) == "512 B" and human_bytes(12_595) == "12.3 KiB" and human_bytes(3 * 2**20) == "3.0 MiB"
     assert with_spread(12_595, 100, as_bytes=True) == "12.3 KiB ± 100 B"
+
+
+def test_query_evaluations_names_who_ran_what(tmp_path) -> None:
+    """The evaluations listing: status, fidelity, seed, and the host, worker and device of each."""
+    import json
+
+    import hybridnas
+    from hybridnas.cli import app
+
+    config = {
+        "name": "who",
+        "task": {"name": "mqar", "vocab_size": 24, "seq_len": 16, "num_kv_pairs": 2, "num_train": 64, "num_test": 16},
+        "space": {"d_model": [16], "n_layers": [1], "n_heads": [2], "hybrid": {"ratio": ["all_linear"], "linear_mixer": ["gla", "deltanet"]}},
+        "training": {"steps": 2, "batch_size": 8, "eval_batch_size": 16},
+        "search": {"strategy": "grid", "budget": 2},
+        "execution": {"executor": "inprocess", "workers": 1},
+        "hardware": {"context_len": 16, "repeats": 1, "decode_tokens": 2},
+    }
+    url = f"sqlite:///{tmp_path / 'who.db'}"
+    hybridnas.run_campaign(config, store=url).close()
+    result = CliRunner().invoke(app, ["query", "evaluations", "who", "--store", url, "--format", "json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)
+    assert [r["status"] for r in rows] == ["done", "done"] and {r["fidelity"] for r in rows} == {2}
+    assert all(r["worker"].startswith("inprocess/") and r["host"] and r["device"].startswith("cpu") for r in rows)
+    table = CliRunner().invoke(app, ["query", "evaluations", "who", "--store", url, "--status", "done"])
+    assert table.exit_code == 0 and "inprocess/" in table.output
+    bad = CliRunner().invoke(app, ["query", "evaluations", "who", "--store", url, "--status", "lost"])
+    assert bad.exit_code == 2
