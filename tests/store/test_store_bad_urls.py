@@ -117,6 +117,7 @@ def _verbs(tmp: Path, campaign_file: Path) -> dict[str, list[str]]:
         "query leaderboard": ["query", "leaderboard"],
         "query pareto": ["query", "pareto"],
         "query lineage": ["query", "lineage", "1"],
+        "query evaluations": ["query", "evaluations"],
         "report": ["report", "--out", str(tmp / "report.html")],
         "export": ["export", "1", "--out", str(tmp / "export")],
     }
