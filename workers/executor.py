@@ -192,6 +192,9 @@ class RayExecutor(Executor):
             if address is not None:
                 ray.init(address=address, **common)
             else:
+                # A new local cluster turns Ray's token authentication on by default (what we want) and
+                # warns about it on every launch; the warning asks nothing of the user, so it is muted.
+                logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
                 ray.init(num_cpus=workers * cpus_per_worker, include_dashboard=False, **common)
             self._started_ray = True
         options: dict[str, Any] = {"num_cpus": cpus_per_worker, "max_restarts": 0, "max_task_retries": 0}
