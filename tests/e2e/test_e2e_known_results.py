@@ -51,3 +51,17 @@ def test_every_check_builds_valid_campaigns() -> None:
         fake = {key: known.Figure((0.5, 0.6, 0.7)) for key in designs}
         verdict = check.verdict(fake)
         assert isinstance(verdict.agrees, bool) and verdict.measured, name
+
+
+def test_mqar_probe_trains_and_reports_every_rate(capsys: pytest.CaptureFixture[str]) -> None:
+    """benchmarks/mqar_probe.py, the probe the known-results explanations quote, at a toy size."""
+    spec = importlib.util.spec_from_file_location("mqar_probe", ROOT / "benchmarks" / "mqar_probe.py")
+    assert spec is not None and spec.loader is not None
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    args = ["--mixer", "deltanet", "--layers", "1", "--vocab", "32", "--seq-len", "16", "--pairs", "4",
+            "--num-train", "200", "--steps", "10", "--lr", "0.001", "0.003", "--expand-k", "0.25"]
+    assert probe.main(args) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("deltanet d64 L conv | 4 pairs, seed 0: test "), line
+    assert "lr 0.001: val " in line and "lr 0.003: val " in line and "10 steps" in line
