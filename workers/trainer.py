@@ -302,8 +302,11 @@ def split_validation(data: TaskData, fraction: float) -> tuple[TaskData, TaskDat
     if n_val == 0:
         return data, None
     keep = n - n_val
-    train = TaskData(data.train_inputs[:keep], data.train_targets[:keep], data.test_inputs, data.test_targets)
-    val = TaskData(data.train_inputs[keep:], data.train_targets[keep:], data.train_inputs[keep:], data.train_targets[keep:])
+    scored = data.train_targets if data.train_scored is None else data.train_scored
+    train_scored = None if data.train_scored is None else data.train_scored[:keep]
+    train = TaskData(data.train_inputs[:keep], data.train_targets[:keep], data.test_inputs, data.test_targets, train_scored)
+    # Validation is scored where the test set is (not on every token where a task trains on them all).
+    val = TaskData(data.train_inputs[keep:], data.train_targets[keep:], data.train_inputs[keep:], scored[keep:])
     return train, val
 
 

@@ -91,10 +91,35 @@ def test_recall_targets_are_the_values_of_repeated_keys(name: str) -> None:
             else:  # trained on every next token, as MAD trains recall
                 assert tgt == inp[1:] + [IGNORE_INDEX]
     assert scored > 50 * 2
+    # The training examples' scored targets go along, for validation: exactly the test set's kind.
+    assert data.train_scored is not None
+    for inp, tgt in zip(data.train_inputs.tolist(), data.train_scored.tolist()):
+        assert tgt == _recall_expected(cfg, inp)
     # Only the scored positions when asked to.
     narrow = _task(name, train_all_tokens=False).generate(0)
+    assert narrow.train_scored is None
     for inp, tgt in zip(narrow.train_inputs.tolist(), narrow.train_targets.tolist()):
         assert tgt == _recall_expected(cfg, inp)
+
+
+@pytest.mark.parametrize("name", ["in_context_recall", "fuzzy_in_context_recall"])
+def test_validation_is_scored_where_the_test_set_is(name: str) -> None:
+    """A task trained on every token validates on the scored positions only: the learning rate and
+    the target are chosen on what the test set measures, not on predicting random keys."""
+    from hybridnas.workers.trainer import split_validation
+
+    data = _task(name).generate(0)
+    train, val = split_validation(data, 0.2)
+    assert val is not None
+    n_val = val.train_inputs.shape[0]
+    assert torch.equal(val.test_targets, data.train_scored[-n_val:])
+    assert torch.equal(val.train_targets, data.train_targets[-n_val:])  # its training targets are untouched
+    assert torch.equal(train.train_scored, data.train_scored[:-n_val])
+    # Fewer positions are scored than trained on, as in the test set.
+    scored = (val.test_targets != IGNORE_INDEX).float().mean()
+    trained = (val.train_targets != IGNORE_INDEX).float().mean()
+    test_scored = (data.test_targets != IGNORE_INDEX).float().mean()
+    assert scored < trained and abs(scored - test_scored) < 0.1
 
 
 def test_noisy_recall_puts_noise_in_about_frac_noise_of_the_pairs() -> None:

@@ -48,6 +48,10 @@ class TaskData:
     train_targets: torch.Tensor  # [N_train, T] long; IGNORE_INDEX where no loss is taken
     test_inputs: torch.Tensor  # [N_test, T] long
     test_targets: torch.Tensor  # [N_test, T] long
+    # [N_train, T] long: the training examples' targets at the positions the test set scores, where
+    # train_targets trains on more (MAD's every-token training); None: train_targets are those already.
+    # A validation split carved from the training examples is scored on these, as the test set is.
+    train_scored: torch.Tensor | None = None
 
     @property
     def seq_len(self) -> int:
@@ -70,7 +74,9 @@ class Task(Protocol):
 # --- shared helpers -----------------------------------------------------------------------------
 
 #: `sample(rng, n) -> (inputs, targets)`: n sequences, possibly repeating, both [n, T] int64.
-Sampler = Callable[[np.random.Generator, int], tuple[np.ndarray, np.ndarray]]
+#: (rng, n) -> (inputs, targets) or (inputs, targets, scored targets), each [n, T]; the third where the
+#: training targets cover more positions than the test set scores (see TaskData.train_scored).
+Sampler = Callable[[np.random.Generator, int], tuple[np.ndarray, ...]]
 
 
 def check_int(field: str, value: Any, lo: int, hi: int | None = None, limit: int | None = None) -> None:
@@ -121,20 +127,22 @@ def row_key(row: np.ndarray) -> bytes:
 
 def draw_distinct(
     sample: Sampler, rng: np.random.Generator, count: int, exclude: set[bytes], field: str
-) -> tuple[np.ndarray, np.ndarray]:
-    """`count` sequences, pairwise distinct and none in `exclude`, in sampling order.
+) -> tuple[np.ndarray, ...]:
+    """`count` sequences, pairwise distinct and none in `exclude`, in sampling order: every array the
+    sampler returns (inputs first), cut to the same rows.
 
     Rows are compared by their inputs (every task's targets are a function of its inputs).
     Raises TaskConfigError(field) when the task has too few distinct sequences.
     """
     seen = set(exclude)
-    parts: list[tuple[np.ndarray, np.ndarray]] = []
+    parts: list[tuple[np.ndarray, ...]] = []
     found = 0
     for _ in range(_MAX_ROUNDS):
         need = count - found
         if need == 0:
             break
-        inputs, targets = sample(rng, need + need // 8 + 8)  # a margin for duplicates
+        arrays = sample(rng, need + need // 8 + 8)  # a margin for duplicates
+        inputs = arrays[0]
         keep: list[int] = []
         for i, row in enumerate(inputs):
             key = row_key(row)
@@ -144,14 +152,14 @@ def draw_distinct(
             keep.append(i)
             if len(keep) == need:
                 break
-        parts.append((inputs[keep], targets[keep]))
+        parts.append(tuple(a[keep] for a in arrays))
         found += len(keep)
     if found < count:
         raise TaskConfigError(
             field,
             f"could only find {found} distinct sequences; make the task larger (vocab_size, seq_len) or lower {field}",
         )
-    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    return tuple(np.concatenate([p[j] for p in parts]) for j in range(len(parts[0])))
 
 
 def split_data(sample_train: Sampler, sample_test: Sampler, seed: int, num_train: int, num_test: int) -> TaskData:
@@ -166,13 +174,14 @@ def split_data(sample_train: Sampler, sample_test: Sampler, seed: int, num_train
     test_in, test_tg = draw_distinct(sample_test, np.random.default_rng([seed, 1]), num_test, set(), "num_test")
     test_rows = {row_key(row) for row in test_in}
     train_rng = np.random.default_rng([seed, 0])
-    train_in, train_tg = draw_distinct(sample_train, train_rng, num_train, test_rows, "num_train")
+    train_in, train_tg, *scored = draw_distinct(sample_train, train_rng, num_train, test_rows, "num_train")
     assert test_rows.isdisjoint(row_key(row) for row in train_in), "train and test share an example"
     return TaskData(
         train_inputs=torch.from_numpy(train_in),
         train_targets=torch.from_numpy(train_tg),
         test_inputs=torch.from_numpy(test_in),
         test_targets=torch.from_numpy(test_tg),
+        train_scored=torch.from_numpy(scored[0]) if scored else None,
     )
 
 

@@ -157,8 +157,10 @@ def _recall_sample(cfg: RecallConfig, rng: np.random.Generator, n: int, train: b
     targets = np.full((n, 2 * p), IGNORE_INDEX, dtype=np.int64)
     targets[:, 0::2] = np.where(repeat, values, IGNORE_INDEX)
     if train and cfg.train_all_tokens:
-        # Every next token; the last input (the final value) has none.
-        targets = np.concatenate([inputs[:, 1:], np.full((n, 1), IGNORE_INDEX, dtype=np.int64)], axis=1)
+        # Every next token; the last input (the final value) has none. The scored targets go along
+        # for a validation split.
+        every = np.concatenate([inputs[:, 1:], np.full((n, 1), IGNORE_INDEX, dtype=np.int64)], axis=1)
+        return inputs, every, targets
     return inputs, targets
 
 
@@ -234,9 +236,10 @@ def _fuzzy_sample(
     streams, scored = zip(*(_fuzzy_row(cfg, rng, train) for _ in range(n)))
     stream = np.array(streams, dtype=np.int64)  # [n, T+1]
     inputs = stream[:, :-1]  # [n, T]
+    targets = np.where(np.array(scored)[:, 1:], stream[:, 1:], IGNORE_INDEX)
     if train and cfg.train_all_tokens:
-        return inputs, stream[:, 1:].copy()
-    return inputs, np.where(np.array(scored)[:, 1:], stream[:, 1:], IGNORE_INDEX)
+        return inputs, stream[:, 1:].copy(), targets  # every next token, and the scored ones for validation
+    return inputs, targets
 
 
 def generate_fuzzy_recall(cfg: FuzzyRecallConfig, seed: int) -> TaskData:
