@@ -24,7 +24,9 @@ a design's figure is the mean, standard deviation, minimum and maximum over its 
                           recall improves as full attention gets denser (linear layers with a small
                           state, so that recall needs attention). Verdict: along pure linear, 3:1,
                           1:1, all attention, no step down beyond the spread, and the densest above
-                          the sparsest by more than it.
+                          the sparsest by more than it. At this scale the means follow the order but
+                          the spread is too large for the last part: 4 layers hold more key rows
+                          between them than there are pairs (BENCHMARKS.md).
   mad_recall_hybrids      MAD (Poli et al. 2024) and the hybrid studies: on in-context recall a hybrid
                           with one attention layer is at least as good as the pure linear stack of
                           the same mixer. Verdict: for every mixer, hybrid >= pure - spread.
