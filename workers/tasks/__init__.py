@@ -73,9 +73,9 @@ class Task(Protocol):
 
 # --- shared helpers -----------------------------------------------------------------------------
 
-#: `sample(rng, n) -> (inputs, targets)`: n sequences, possibly repeating, both [n, T] int64.
-#: (rng, n) -> (inputs, targets) or (inputs, targets, scored targets), each [n, T]; the third where the
-#: training targets cover more positions than the test set scores (see TaskData.train_scored).
+#: `sample(rng, n) -> (inputs, targets)` or `(inputs, targets, scored targets)`: n sequences, possibly
+#: repeating, each [n, T] int64; the third where the training targets cover more positions than the
+#: test set scores (see TaskData.train_scored).
 Sampler = Callable[[np.random.Generator, int], tuple[np.ndarray, ...]]
 
 
