@@ -17,9 +17,8 @@ a design's figure is the mean, standard deviation, minimum and maximum over its 
                           that 16 pairs exceed it. At this scale it does not hold at 16 pairs within
                           the step cap: there the delta rule leaves MQAR's plateau later, and given
                           twice the steps the two tie (BENCHMARKS.md). Verdict: the delta rule is at
-                          least as accurate
-                          as linear attention at every count (within the spread) and above it by
-                          more than the spread at the most pairs. (Levels, not drops: within the
+                          least as accurate as linear attention at every count (within the spread)
+                          and above it by more than the spread at the most pairs. (Levels, not drops: within the
                           step cap a mixer near chance at few pairs has nothing left to lose.)
   denser_attention        "A Systematic Analysis of Hybrid Linear Attention" (2025), Jamba, Samba:
                           recall improves as full attention gets denser (linear layers with a small
